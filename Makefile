@@ -1,0 +1,46 @@
+# metahmr — the commands a newcomer needs. `make install` is idempotent.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.installed
+APT_PKGS := libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all lint serve assets clean-venv
+
+install: $(STAMP) assets
+
+$(STAMP): pyproject.toml Makefile
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	    echo "warning: could not install$$missing (rendering may be unavailable)"; fi; fi
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a range would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[worker,dev]'
+	# pyrender pins PyOpenGL==3.1.0, which breaks headless OSMesa/EGL: install it alone.
+	$(PIP) install -q --no-deps pyrender==0.1.45
+	@touch $(STAMP)
+
+# Derived, uncommitted artefacts (e.g. ONNX graphs exported from the shipped weights).
+assets: $(STAMP)
+	@$(VENV)/bin/metahmr assets prepare --quiet || echo "note: no shipped model assets to prepare yet"
+
+test: install
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy model training service worker
+
+serve: install
+	$(VENV)/bin/metahmr serve
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""metahmr model package."""

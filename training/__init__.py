@@ -1,0 +1,1 @@
+"""metahmr training package."""
