@@ -370,7 +370,7 @@ def to_sample(crop: np.ndarray, p: Person, index: int) -> HMRSample:
     aspect = CROP_HW[1] / CROP_HW[0]
     inside = (boxed[:, 0].abs() <= aspect) & (boxed[:, 1].abs() <= 1.0)
     box_kp = torch.cat([boxed, (keypoints[:, 2] * inside)[:, None]], dim=1)
-    image = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).to(f32) / 255.0
+    image = torch.from_numpy(np.array(crop, copy=True)).permute(2, 0, 1).to(f32) / 255.0
     return HMRSample(
         image=image,
         center=center,

@@ -125,16 +125,14 @@ class SynthEngine:
         image, quality = degrade(rng, image, cfg.degrade)
         vertex_px = project(body["vertices"], camera.focal, center)
 
-        def keypoints(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            px = project(points, camera.focal, center)
-            codes = L.visibility_codes(
-                points, px, body["vertices"], vertex_px, rendered.depth, occluders, camera.focal
-            )
-            return L.with_confidence(px, codes), codes
-
-        part, part_vis = keypoints(body["joints"])
-        coco, coco_vis = keypoints(body["coco17"])
-        openpose, openpose_vis = keypoints(body["openpose25"])
+        # One visibility pass over all keypoint sets (the costly part is the vertex search).
+        sets = {"part": body["joints"], "coco17": body["coco17"], "openpose": body["openpose25"]}
+        points = np.concatenate(list(sets.values()))
+        px = project(points, camera.focal, center)
+        codes = L.visibility_codes(points, px, body["vertices"], vertex_px, rendered.depth, occluders, camera.focal)
+        split_at = np.cumsum([len(v) for v in sets.values()])[:-1]
+        (part, coco, openpose) = np.split(L.with_confidence(px, codes), split_at)
+        (part_vis, coco_vis, openpose_vis) = np.split(codes, split_at)
         labels = _label_row(
             index=index, family=drawn.family, pose=pose, betas=betas, transl=transl,
             joints=body["joints"], focal=camera.focal, hw=hw, box=box,
