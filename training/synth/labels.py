@@ -51,13 +51,20 @@ def visibility_codes(
         return codes
     px = np.clip(np.floor(pixels[idx]).astype(np.int64), 0, [w - 1, h - 1])
     rendered = depth[px[:, 1], px[:, 0]]
-    # float32 and squared distances: this K x V search is the labels' main cost.
-    v3, p3 = vertices.astype(np.float32), points[idx].astype(np.float32)
-    v2, p2 = vertex_pixels.astype(np.float32), pixels[idx].astype(np.float32)
-    near3d = ((v3[None] - p3[:, None]) ** 2).sum(-1) < own_radius_m**2
-    radius_px = np.maximum(2.0, focal * 0.03 / np.maximum(points[idx, 2], 1e-3)).astype(np.float32)
-    own = near3d & (((v2[None] - p2[:, None]) ** 2).sum(-1) < (radius_px**2)[:, None])
-    own_depth = np.where(own, vertices[None, :, 2], np.inf).min(axis=1)
+    # Own vertices: a 3D ball query on a k-d tree, then the 2D footprint test on the few hits
+    # (a dense K x V distance matrix costs more than the render at SMPL resolution).
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(vertices)
+    radius_px = np.maximum(2.0, focal * 0.03 / np.maximum(points[idx, 2], 1e-3))
+    own_depth = np.full(idx.size, np.inf)
+    for n, hits in enumerate(tree.query_ball_point(points[idx], own_radius_m)):
+        if not hits:
+            continue
+        hits = np.asarray(hits)
+        close = np.linalg.norm(vertex_pixels[hits] - pixels[idx[n]], axis=-1) < radius_px[n]
+        if close.any():
+            own_depth[n] = vertices[hits[close], 2].min()
     # No own vertex nearby (tiny person, odd keypoint): assume the surface one radius in front.
     own_depth = np.where(np.isfinite(own_depth), own_depth, points[idx, 2] - own_radius_m)
     hidden = (rendered > 0) & (rendered < own_depth - tolerance_m)
