@@ -1,0 +1,198 @@
+"""Request dependencies: app state, API-key auth + rate limit, and upload validation.
+
+Each check raises `ApiError`, which the app turns into `{"error": {"code", "message"}}`.
+The order matters: who is calling (cheap) before reading a body, options (cheap) before
+decoding the image.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.config import Settings
+from service.jobs import JobStore
+from service.metrics import ApiMetrics
+from service.queue import TaskQueue
+from service.schemas import RecoverOptions, check_against_image
+from service.uploads import CheckedImage, ImageLimits, UploadError, check_image
+
+# Room for the `options` part and multipart framing on top of the image limit.
+OPTIONS_MAX_BYTES = 1024 * 1024
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    store: JobStore
+    queue: TaskQueue
+    metrics: ApiMetrics
+
+    @property
+    def limits(self) -> ImageLimits:
+        s = self.settings
+        return ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side, s.max_image_side)
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.metahmr  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def authenticate(
+    state: StateDep, request: Request, api_key: Annotated[str | None, Depends(_api_key_header)]
+) -> str:
+    """The caller's identity: its API key when keys are configured, else its address."""
+    keys = state.settings.api_keys
+    if not keys:
+        return f"addr:{request.client.host if request.client else 'unknown'}"
+    if not api_key:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "send your API key in the X-API-Key header",
+            {"WWW-Authenticate": "ApiKey"},
+        )
+    if not any(hmac.compare_digest(api_key.encode(), k.encode()) for k in keys):
+        raise ApiError(
+            401, "bad_api_key", "the X-API-Key is not valid", {"WWW-Authenticate": "ApiKey"}
+        )
+    return f"key:{api_key}"
+
+
+CallerDep = Annotated[str, Depends(authenticate)]
+
+
+async def rate_limited(state: StateDep, caller: CallerDep) -> str:
+    """Count a submission against the caller's per-minute budget (kept in Redis)."""
+    limit = state.settings.rate_limit_per_min
+    if limit > 0:
+        allowed, retry_after = await run_in_threadpool(state.store.hit_rate_limit, caller, limit)
+        if not allowed:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {limit} submissions this minute; retry in {retry_after} s",
+                {"Retry-After": str(retry_after)},
+            )
+    return caller
+
+
+@dataclass(frozen=True)
+class RecoverRequest:
+    image: CheckedImage
+    options: RecoverOptions
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_form(request: Request, limit: int) -> tuple[bytes, bytes | None]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with an 'image' file part and an optional 'options' JSON part",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "upload_too_large", f"request body of {declared} bytes exceeds {limit}")
+    received = 0
+
+    # Count bytes as they arrive, so a body without Content-Length cannot exceed the limit.
+    async def receive():  # type: ignore[no-untyped-def]
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise _TooLarge
+        return message
+
+    try:
+        form = await Request(request.scope, receive).form(
+            max_files=2, max_fields=2, max_part_size=OPTIONS_MAX_BYTES
+        )
+    except _TooLarge as exc:
+        raise ApiError(413, "upload_too_large", f"request body exceeds {limit} bytes") from exc
+    try:
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise ApiError(400, "missing_image", "the request has no 'image' file part")
+        options = form.get("options")
+        options_bytes = (
+            await options.read()
+            if isinstance(options, UploadFile)
+            else (options.encode() if isinstance(options, str) else None)
+        )
+        return await image.read(), options_bytes
+    finally:
+        await form.close()
+
+
+def parse_options(raw: bytes | None) -> RecoverOptions:
+    """400 for text that is not a JSON object, 422 for values that do not validate."""
+    if raw is None or not raw.strip():
+        return RecoverOptions()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_options", f"'options' is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_options", "'options' must be a JSON object")
+    try:
+        return RecoverOptions.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_options", format_validation_error(exc, "options")) from exc
+
+
+def format_validation_error(exc: ValidationError, root: str, shown: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:shown]:
+        where = ".".join(str(p) for p in (root, *err["loc"]))
+        parts.append(f"{where}: {err['msg']}")
+    extra = len(exc.errors()) - shown
+    return "; ".join(parts) + (f"; and {extra} more" if extra > 0 else "")
+
+
+async def valid_recover_request(
+    request: Request, state: StateDep, _caller: Annotated[str, Depends(rate_limited)]
+) -> RecoverRequest:
+    """The checked image and options of POST /recover, or an ApiError."""
+    limit = state.settings.max_upload_bytes + OPTIONS_MAX_BYTES
+    image_bytes, options_bytes = await _read_form(request, limit)
+    options = parse_options(options_bytes)
+    try:
+        image = await run_in_threadpool(check_image, image_bytes, state.limits)
+        check_against_image(options, image.width, image.height, state.settings.max_people)
+    except UploadError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    except ValueError as exc:
+        raise ApiError(422, "invalid_options", str(exc)) from exc
+    return RecoverRequest(image=image, options=options)
+
+
+RecoverDep = Annotated[RecoverRequest, Depends(valid_recover_request)]
