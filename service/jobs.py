@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -122,8 +122,7 @@ def is_job_id(text: str) -> bool:
 
 
 # ARGV: 1 allowed current statuses (space separated), 2 new status, 3 required worker ('' =
-# any), 4 job id, 5 ttl seconds (0 = keep), 6 '1' to drop the image, 7 field to increment
-# ('' = none), 8.. field/value pairs.
+# any), 4 job id, 5 ttl seconds (0 = keep), 6 '1' to drop the image, 7.. field/value pairs.
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
@@ -132,12 +131,25 @@ for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end en
 if not allowed then return {0, cur} end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then return {0, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[7] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[7], 1) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] == 'running' then redis.call('SADD', KEYS[2], ARGV[4])
 else redis.call('SREM', KEYS[2], ARGV[4]) end
 if ARGV[6] == '1' then redis.call('DEL', KEYS[3]) end
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+return {1, cur}
+"""
+
+# KEYS: 1 job hash, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 job id.
+_CLAIM = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, ''} end
+local mine = cur == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[1]
+if cur ~= 'queued' and not mine then return {0, cur} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'updated_at', ARGV[2],
+           'started_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HDEL', KEYS[1], 'progress')
+redis.call('SADD', KEYS[2], ARGV[3])
 return {1, cur}
 """
 
@@ -202,6 +214,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
+        self._claim = client.register_script(_CLAIM)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._live = client.register_script(_LIVE_WORKERS)
         self._reap = client.register_script(_REAP)
@@ -285,16 +298,22 @@ class JobStore:
         pipe.execute()
 
     def claim(self, job_id: str, worker: str) -> tuple[bool, JobStatus | None]:
-        """queued -> running for `worker`. Returns (claimed, status before)."""
-        stamp = now_iso()
-        ok, before = self._run_transition(
+        """queued -> running for `worker` (or running again by the same worker, when its
+        earlier try of this task stopped on an error). Returns (claimed, status before)."""
+        keys = [self._job(job_id), self._running]
+        ok, before = self._claim(keys=keys, args=[worker, now_iso(), job_id])
+        return bool(ok), JobStatus(before.decode()) if before else None
+
+    def release(self, job_id: str, worker: str) -> bool:
+        """running -> queued by its own worker, to be retried later (transient errors)."""
+        ok, _ = self._run_transition(
             job_id,
-            allowed=(JobStatus.QUEUED,),
-            to=JobStatus.RUNNING,
-            incr="attempts",
-            fields={"worker": worker, "updated_at": stamp, "started_at": stamp},
+            allowed=(JobStatus.RUNNING,),
+            to=JobStatus.QUEUED,
+            worker=worker,
+            fields={"worker": "", "updated_at": now_iso()},
         )
-        return ok, before
+        return ok
 
     def set_progress(self, job_id: str, worker: str, stage: str, step: int, total: int) -> None:
         """Record progress; raises JobCanceled or LeaseLost when the worker must stop."""
@@ -387,7 +406,6 @@ class JobStore:
         allowed: tuple[JobStatus, ...],
         to: JobStatus,
         worker: str = "",
-        incr: str = "",
         drop_image: bool = False,
         refresh_ttl: bool = False,
         fields: Mapping[str, str],
@@ -399,7 +417,6 @@ class JobStore:
             job_id,
             str(self.ttl_s if refresh_ttl else 0),
             "1" if drop_image else "0",
-            incr,
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -462,13 +479,16 @@ class JobStore:
             pipe.llen(name)
         return int(sum(pipe.execute()))
 
-    def record_finished(self, status: JobStatus, duration_s: float, tto_steps: int | None) -> None:
-        """Count a finished job in the shared statistics (read by every API's /metrics)."""
+    def record_finished(
+        self, status: JobStatus, duration_s: float, tto_steps: Sequence[int] = ()
+    ) -> None:
+        """Count a finished job (and the TTO steps run for each of its people) in the shared
+        statistics read by every API's /metrics."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(f"{self.prefix}stats:finished", status.value, 1)
         _observe(pipe, f"{self.prefix}stats:duration_s", DURATION_BUCKETS_S, duration_s)
-        if tto_steps is not None:
-            _observe(pipe, f"{self.prefix}stats:tto_steps", TTO_STEP_BUCKETS, float(tto_steps))
+        for steps in tto_steps:
+            _observe(pipe, f"{self.prefix}stats:tto_steps", TTO_STEP_BUCKETS, float(steps))
         pipe.execute()
 
     def stats(self) -> JobStats:

@@ -1,0 +1,52 @@
+"""Worker settings: the service settings plus what only a worker process needs.
+
+Read from `METAHMR_*` environment variables by `get_worker_settings()`, never at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from service.config import Settings
+
+
+class WorkerSettings(Settings):
+    # "onnx": the model (ONNX Runtime + TTO). "echo": a diagnostics pipeline that checks the
+    # queue, store and HTTP path without a model (see worker/pipeline.py).
+    pipeline: Literal["onnx", "echo"] = "onnx"
+    model_dir: Path | None = None  # exported model; None: the shipped one
+    onnx_provider: Literal["cpu", "cuda"] = "cpu"
+    concurrency: int = Field(1, ge=1, le=64)
+    job_soft_time_limit_s: float = Field(300.0, gt=0)
+    job_hard_time_limit_s: float = Field(330.0, gt=0)
+    # A worker beats every interval; a job whose worker missed beats for ttl is re-queued.
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    # Runs of one job (its worker died each time) before it is failed as a likely crasher.
+    max_attempts: int = Field(3, ge=1)
+    # Retries of a job whose pipeline reported a transient error.
+    max_transient_retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(2.0, ge=0)
+    echo_delay_s: float = Field(0.0, ge=0, le=600)  # diagnostics pipeline only
+
+    @model_validator(mode="after")
+    def _check_times(self) -> WorkerSettings:
+        if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
+            raise ValueError("METAHMR_JOB_HARD_TIME_LIMIT_S must exceed the soft limit")
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError("METAHMR_HEARTBEAT_TTL_S must exceed METAHMR_HEARTBEAT_INTERVAL_S")
+        return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # An unacknowledged task is redelivered after this; a duplicate is harmless (tasks are
+        # idempotent), a lost one is not: keep it above the hard time limit.
+        return int(self.job_hard_time_limit_s * 2 + 60)
+
+
+def get_worker_settings() -> WorkerSettings:
+    """Read and validate the worker settings from the environment (raises on a bad value)."""
+    return WorkerSettings()
