@@ -101,11 +101,10 @@ async def get_file(job_id: str, name: str, state: StateDep, _caller: CallerDep) 
         )
     data = await run_in_threadpool(state.store.file, job_id, name) if name in record.files else None
     if data is None:
-        raise ApiError(
-            404,
-            "not_found",
-            f"job {job_id} has no {name}: ask for it with options.return (mesh, overlay)",
-        )
+        kind = "overlay" if name == "overlay.png" else "mesh"
+        asked = kind in (record.options.get("return") or [])
+        hint = "it was not produced" if asked else f'ask for it with options.return ["{kind}"]'
+        raise ApiError(404, "not_found", f"job {job_id} has no {name}: {hint}")
     return Response(content=data, media_type=FILE_MEDIA_TYPES[name])
 
 

@@ -71,13 +71,8 @@ def create_celery(settings: WorkerSettings) -> Celery:
 def _connect_signals(app: Celery, settings: WorkerSettings, pool: str) -> None:
     """Process lifecycle: heartbeat from start, model loaded before the first job."""
 
-    def start(preload: bool) -> None:
-        ctx = worker_context(settings, app.metahmr_requeue)  # type: ignore[attr-defined]
-        if preload:
-            try:
-                ctx.pipeline()
-            except Exception:
-                log.exception("pipeline failed to load; jobs will fail until this is fixed")
+    def start() -> None:
+        worker_context(settings, app.metahmr_requeue, preload=True)  # type: ignore[attr-defined]
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -85,11 +80,13 @@ def _connect_signals(app: Celery, settings: WorkerSettings, pool: str) -> None:
 
     @signals.worker_process_init.connect(weak=False)
     def _child_start(**_: Any) -> None:  # prefork: each child runs tasks
-        start(preload=True)
+        start()
 
-    @signals.worker_ready.connect(weak=False)
-    def _ready(**_: Any) -> None:  # main process: readiness + reaper (and tasks when solo)
-        start(preload=pool == "solo")
+    if pool == "solo":  # the main process runs the tasks (prefork: its children do)
+
+        @signals.worker_ready.connect(weak=False)
+        def _ready(**_: Any) -> None:
+            start()
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_stop(**_: Any) -> None:

@@ -223,15 +223,23 @@ _contexts: dict[int, WorkerContext] = {}
 _contexts_lock = threading.Lock()
 
 
-def worker_context(settings: WorkerSettings, requeue: Callable[[str], None]) -> WorkerContext:
-    """This process's context, created (heartbeat started) on first use. Keyed by pid: a
-    forked child must not reuse its parent's identity or heartbeat thread."""
+def worker_context(
+    settings: WorkerSettings, requeue: Callable[[str], None], *, preload: bool = False
+) -> WorkerContext:
+    """This process's context, created on first use. Keyed by pid: a forked child must not
+    reuse its parent's identity or heartbeat thread. With `preload`, the pipeline is loaded
+    before the first heartbeat, so a worker only looks ready once it can run jobs."""
     pid = os.getpid()
     with _contexts_lock:
         ctx = _contexts.get(pid)
         if ctx is None:
             store = JobStore.from_url(settings.require_redis_url(), ttl_s=settings.result_ttl_s)
             ctx = WorkerContext(settings=settings, store=store, worker_id=new_worker_id())
+            if preload:
+                try:
+                    ctx.pipeline()
+                except Exception:
+                    log.exception("pipeline failed to load; its jobs will fail until fixed")
             ctx.presence = Presence(store, ctx.worker_id, settings, requeue)
             ctx.presence.start()
             _contexts[pid] = ctx

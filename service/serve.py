@@ -1,0 +1,142 @@
+"""`metahmr serve`: the whole stack on one machine, started and stopped together.
+
+Redis (embedded, unless METAHMR_REDIS_URL names one), N worker processes, and the API in
+this process. Ctrl-C or SIGTERM stops the API, then the workers (letting a running job
+finish, up to a grace period), then Redis. A worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from service.config import Settings
+from service.embedded import EmbeddedRedis
+from service.jobs import JobStore
+
+log = logging.getLogger(__name__)
+# Exit status of `python -m worker.celery_app` when its pipeline cannot run: do not restart.
+WORKER_CONFIG_ERROR = 3
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    startup_timeout_s: float = 120.0
+    stop_grace_s: float = 30.0
+    _redis: EmbeddedRedis | None = None
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _env: dict[str, str] = field(default_factory=dict)
+    _given_up: set[int] = field(default_factory=set)
+
+    def run(self) -> int:
+        """Start everything, serve until a signal, stop everything. Returns an exit code."""
+        # uvicorn handles SIGTERM while serving and raises it again once stopped; outside
+        # that window too, turn it into an exception so the finally block cleans up.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            self._start_redis()
+            if not self._start_workers():
+                return 1
+            threading.Thread(target=self._watch_workers, daemon=True).start()
+            return self._serve_api()
+        except (KeyboardInterrupt, _Terminated):
+            log.info("stopping")
+            return 0
+        finally:
+            self.stop()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _start_redis(self) -> None:
+        url = self.settings.redis_url
+        if url is None:
+            self._redis = EmbeddedRedis().start()
+            url = self._redis.url
+            self.settings = self.settings.model_copy(update={"redis_url": url})
+        self._env = dict(os.environ, METAHMR_REDIS_URL=url)
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "worker.celery_app", f"--hostname=worker{index}@%h"]
+        return subprocess.Popen(cmd, env=self._env)
+
+    def _start_workers(self) -> bool:
+        """Start the workers and wait for their heartbeats; False (logged) if one fails."""
+        self._procs = [self._spawn(i) for i in range(self.workers)]
+        store = JobStore.from_url(self.settings.require_redis_url(), ttl_s=60)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    log.error(
+                        "a worker exited at start (status %s); see its log above", proc.returncode
+                    )
+                    return False
+            if store.live_workers() >= self.workers:
+                log.info("%d worker(s) ready", self.workers)
+                return True
+            time.sleep(0.2)
+        log.error("workers did not report ready within %.0f s", self.startup_timeout_s)
+        return False
+
+    def _watch_workers(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self._procs):
+                code = proc.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                if code == WORKER_CONFIG_ERROR:
+                    if i not in self._given_up:
+                        log.error("worker %d cannot run its pipeline; not restarting it", i)
+                        self._given_up.add(i)
+                    continue
+                log.warning("worker %d exited (status %s); starting it again", i, code)
+                self._procs[i] = self._spawn(i)
+
+    def _serve_api(self) -> int:
+        import uvicorn
+
+        from service.main import create_app
+
+        config = uvicorn.Config(
+            create_app(self.settings), host=self.host, port=self.port, log_config=None
+        )
+        server = uvicorn.Server(config)
+        log.info("serving on http://%s:%d (docs at /docs)", self.host, self.port)
+        server.run()
+        return 0 if server.started else 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # Celery: warm shutdown, running job finishes
+        deadline = time.monotonic() + self.stop_grace_s
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        self._procs = []
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
