@@ -13,6 +13,11 @@ Each render is two passes over the same scene: a shaded, 4x multisampled colour 
 (smooth edges; its alpha composites the meshes onto the image) and a flat, single-sample
 segmentation pass that colours each mesh with its index (exact instance ids, mask and
 depth, one pass however many meshes).
+
+Shading is Lambertian (ambient + directional, the diffuse part of pyrender's own
+metallic-roughness shading with the same light units) through our shaders in
+`model/assets/shaders/`: pyrender's full PBR fragment shader is most of the cost of a
+software-rasterised frame. Colours are linear and the output is gamma-encoded (1/2.2).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +41,7 @@ _ZNEAR = 0.01
 _ZFAR = 200.0
 _DEFAULT_COLOR = (0.65, 0.74, 0.86)
 _EGL_PLATFORM_DEVICE_EXT = 0x313F
+_SHADERS = Path(__file__).resolve().parent / "assets" / "shaders"
 # OpenCV camera (y down, z forward) -> OpenGL camera (y up, z backward): flip y and z.
 # It is a rotation (det +1), so face winding and normal orientation are preserved.
 _CV_TO_GL = np.array([1.0, -1.0, -1.0])
@@ -167,6 +174,27 @@ def _import_pyrender() -> Any:
     return pyrender
 
 
+def _lambert_shader_cache(pyrender: Any) -> Any:
+    """pyrender's shader cache, with our Lambert shaders standing in for its mesh shaders."""
+    from pyrender.shader_program import ShaderProgramCache
+
+    class LambertShaderCache(ShaderProgramCache):  # type: ignore[misc]
+        def get_program(
+            self,
+            vertex_shader: str,
+            fragment_shader: str,
+            geometry_shader: str | None = None,
+            defines: dict[str, Any] | None = None,
+        ) -> Any:
+            if (vertex_shader, fragment_shader) == ("mesh.vert", "mesh.frag"):
+                # Absolute paths: the cache joins them onto its directory unchanged.
+                vertex_shader = str(_SHADERS / "lambert.vert")
+                fragment_shader = str(_SHADERS / "lambert.frag")
+            return super().get_program(vertex_shader, fragment_shader, geometry_shader, defines)
+
+    return LambertShaderCache()
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals: vertices (V, 3), faces (F, 3) -> (V, 3) float32."""
     v = vertices[faces]  # (F, 3, 3)
@@ -226,6 +254,8 @@ class Renderer:
     def __init__(self, width: int, height: int) -> None:
         self._pyrender = _import_pyrender()
         self._renderer = self._pyrender.OffscreenRenderer(int(width), int(height))
+        # Swapped in before the first draw, so no pyrender mesh program is ever compiled.
+        self._renderer._renderer._program_cache = _lambert_shader_cache(self._pyrender)
 
     def __enter__(self) -> Renderer:
         return self

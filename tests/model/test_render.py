@@ -227,3 +227,22 @@ def test_render_benchmark_measures_a_few_frames():
     assert row["vertices"] == 13802 and row["faces"] == 27600 and row["mean_ms"] > 0
     row["two_process_images_per_s"] = 1.0
     assert "| osmesa |" in format_rows([row])
+
+
+def test_shading_is_lambert_in_pyrender_light_units(renderer):
+    """Facing the light: (base * (ambient + 0.96 / π * intensity))^(1 / 2.2), as pyrender's
+    diffuse term for a dielectric; colours are linear, the output gamma-encoded."""
+    vertices, faces = sphere((0.0, 0.0, 3.0), subdivisions=4)
+    base = np.array([0.5, 0.3, 0.1])
+    light = LightSpec((0, 0, 1), intensity=2.0, color=(1.0, 0.8, 0.6), ambient=0.2)
+    result = renderer.render(
+        [MeshSpec(vertices, faces, color=tuple(base))],
+        image_hw=(H, W),
+        focal_length=300.0,
+        light=light,
+    )
+    light_color = np.asarray(light.color)
+    linear = base * (0.2 * light_color + 0.96 / np.pi * 2.0 * light_color)
+    expected = 255 * np.clip(linear, 0, 1) ** (1 / 2.2)
+    centre = result.rgb[H // 2 - 1 : H // 2 + 1, W // 2 - 1 : W // 2 + 1].reshape(-1, 3)
+    np.testing.assert_allclose(centre.mean(0), expected, atol=2.0)
