@@ -193,6 +193,41 @@ def test_cam_crop2full_matches_full_perspective_projection(center, box_size, cro
         assert diff.abs().max() > 5e-3
 
 
+def test_cam_crop2full_matches_projecting_a_posed_body():
+    """The same check on the bundled body model, posed, at a typical crop scale."""
+    body = pytest.importorskip("model.body")
+    from model.outputs import SMPLParams
+
+    f64 = torch.float64
+    model = body.BodyModel()
+    pose = torch.zeros(1, 23, 3)
+    pose[0, 15] = torch.tensor([0.0, 0.0, -1.0])  # left arm down
+    pose[0, 16] = torch.tensor([0.0, 0.0, 0.6])  # right arm up
+    pose[0, 3] = torch.tensor([1.2, 0.0, 0.0])  # left knee bent
+    params = SMPLParams(
+        global_orient=g.axis_angle_to_rotmat(torch.tensor([[[math.pi, 0.4, 0.0]]])),
+        body_pose=g.axis_angle_to_rotmat(pose),
+        betas=torch.zeros(1, 10),
+    )
+    with torch.no_grad():
+        joints = model(params).joints.to(f64)
+    joints = joints - joints[:, :1]  # about the pelvis, as the regressor's body is
+    img_hw = torch.tensor([[1080.0, 1920.0]], dtype=f64)
+    focal = g.default_focal_length(img_hw)
+    center = torch.tensor([[1500.0, 400.0]], dtype=f64)  # far off the optical axis
+    size = torch.tensor([500.0], dtype=f64)
+    cam = torch.tensor([[0.95, 0.02, -0.05]], dtype=f64)
+    translation = g.cam_crop2full(cam, center, size, img_hw, focal)
+    px = g.perspective_projection(joints, translation, focal, img_hw.flip(-1) / 2)
+    err = (g.pixels_to_box(px, center, size) - g.weak_perspective_projection(joints, cam)).abs()
+    depth = float(joints[..., 2].abs().max())
+    offset = float((center - img_hw.flip(-1) / 2).abs().max() * 2 / size)
+    tz = float(translation[0, 2])
+    assert float(err.max()) < 1.2 * (1 + offset) * depth / tz
+    # In crop pixels (128 per normalised unit), the pelvis-relative body agrees closely.
+    assert float(err.mean()) * 128 < 6.0
+
+
 def test_cam_full2crop_inverts_cam_crop2full():
     gen = torch.Generator().manual_seed(4)
     cam = torch.rand(16, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 0.4, 0.4])

@@ -246,3 +246,56 @@ def test_shading_is_lambert_in_pyrender_light_units(renderer):
     expected = 255 * np.clip(linear, 0, 1) ** (1 / 2.2)
     centre = result.rgb[H // 2 - 1 : H // 2 + 1, W // 2 - 1 : W // 2 + 1].reshape(-1, 3)
     np.testing.assert_allclose(centre.mean(0), expected, atol=2.0)
+
+
+def posed_body_in_camera(transl=(0.15, 0.1, 4.0)):
+    """The bundled body model, arms and one knee bent, upright and facing the camera.
+
+    Returns (vertices (V, 3), faces (F, 3), joints (24, 3), coco17 (17, 3)) in metres in
+    the camera frame. Skips while the body model is not available.
+    """
+    body = pytest.importorskip("model.body")
+    from model.geometry import axis_angle_to_rotmat
+    from model.outputs import SMPLParams
+
+    model = body.BodyModel()
+    pose = torch.zeros(1, 23, 3)
+    pose[0, 15] = torch.tensor([0.0, 0.0, -1.0])  # left shoulder (SMPL 16): arm down
+    pose[0, 17] = torch.tensor([0.0, -1.2, 0.0])  # left elbow (SMPL 18): bent
+    pose[0, 3] = torch.tensor([1.0, 0.0, 0.0])  # left knee (SMPL 4): bent
+    # Body frame is y up, facing +z; the camera's is y down, z forward: turn π about x.
+    params = SMPLParams(
+        global_orient=axis_angle_to_rotmat(torch.tensor([[[np.pi, 0.0, 0.0]]])),
+        body_pose=axis_angle_to_rotmat(pose),
+        betas=torch.zeros(1, 10),
+    )
+    with torch.no_grad():
+        out = model(params, transl=torch.tensor([transl]))
+    return (
+        out.vertices[0].double().numpy(),
+        np.asarray(model.faces),
+        out.joints[0].double().numpy(),
+        out.coco17[0].double().numpy(),
+    )
+
+
+def test_body_render_puts_the_silhouette_on_the_projected_joints(renderer):
+    vertices, faces, joints, coco = posed_body_in_camera()
+    focal, center = (500.0, 500.0), (W / 2, H / 2)
+    result = renderer.render([MeshSpec(vertices, faces)], image_hw=(H, W), focal_length=focal)
+    # Joints are inside the body, so they project inside its silhouette.
+    cols, rows = np.floor(project(joints, focal, center)).astype(int).T
+    assert result.mask[rows, cols].all()
+    # Surface keypoints (nose, eyes, ears, ...) land on it too, up to a pixel at the edge.
+    grown = result.mask.copy()
+    grown[1:] |= result.mask[:-1]
+    grown[:-1] |= result.mask[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    cols, rows = np.floor(project(coco, focal, center)).astype(int).T
+    assert grown[rows, cols].all()
+    # And the silhouette is where the mesh projects: the hull of the projected vertices
+    # bounds it (the body is not convex, so only this direction is exact).
+    hull = hull_mask(project(vertices, focal, center), (H, W))
+    assert (result.mask & ~hull).sum() <= 0.01 * result.mask.sum()
+    assert result.mask.sum() > 0.3 * hull.sum()
