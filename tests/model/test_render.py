@@ -171,6 +171,28 @@ def test_composites_over_the_image_and_keeps_the_rest(renderer):
     )
 
 
+def test_edges_blend_between_mesh_and_image(renderer):
+    """Edge pixels lie between the image and the mesh colour, never darker than both
+    (the resolved colour is premultiplied by coverage: blending it again would be)."""
+    image = np.full((H, W, 3), 255, np.uint8)
+    vertices, faces = sphere((0.0, 0.0, 3.0))
+    bright = LightSpec(ambient=3.0)  # saturates the mesh to white everywhere
+    result = renderer.render(
+        [MeshSpec(vertices, faces, color=(1.0, 1.0, 1.0))],
+        image=image,
+        focal_length=300.0,
+        light=bright,
+    )
+    edges = (result.alpha > 0) & (result.alpha < 1)
+    assert edges.sum() > 20
+    assert (result.rgb >= 254).all()
+    grey = renderer.render(
+        [MeshSpec(vertices, faces, color=(0.2, 0.2, 0.2))], image=image, focal_length=300.0
+    )
+    inside = grey.rgb[grey.alpha == 1].min()
+    assert (grey.rgb[edges] >= inside - 1).all()
+
+
 def test_light_direction_matters(renderer):
     vertices, faces = sphere((0.0, 0.0, 3.0))
     mesh = [MeshSpec(vertices, faces)]
