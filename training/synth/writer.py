@@ -117,8 +117,12 @@ _ENGINE = None
 _JOB: SynthJob | None = None
 
 
-def _init_worker(job: SynthJob) -> None:
+def _init_worker(job: SynthJob, single_threaded_gl: bool = False) -> None:
     global _ENGINE, _JOB
+    if single_threaded_gl:
+        # Mesa's llvmpipe starts a raster thread per core in every process; with one worker
+        # per core they only fight each other (see the render benchmark).
+        os.environ.setdefault("LP_NUM_THREADS", "1")
     from training.synth.engine import SynthEngine
     from training.synth.splits import split_config
 
@@ -201,7 +205,7 @@ class _results:
 
         # spawn: OpenGL contexts and torch thread pools do not survive fork.
         self.pool = mp.get_context("spawn").Pool(
-            self.job.workers, initializer=_init_worker, initargs=(self.job,)
+            self.job.workers, initializer=_init_worker, initargs=(self.job, True)
         )
         return self.pool.imap(_render_one, self.indices, chunksize=2)
 
