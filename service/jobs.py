@@ -166,7 +166,7 @@ return 1
 _LIVE_WORKERS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 
 # KEYS: 1 running set, 2 workers. ARGV: 1 key prefix, 2 max attempts, 3 now (ISO),
@@ -434,7 +434,11 @@ class JobStore:
         self.client.zrem(self._workers, worker)
 
     def live_workers(self) -> int:
-        return int(self._live(keys=[self._workers]))
+        return len(self.live_worker_ids())
+
+    def live_worker_ids(self) -> list[str]:
+        """Workers whose heartbeat has not expired (ids are host:pid:random)."""
+        return [w.decode() for w in self._live(keys=[self._workers])]
 
     def reap(self, max_attempts: int) -> list[tuple[str, JobStatus]]:
         """Re-queue running jobs whose worker stopped beating (fail them after

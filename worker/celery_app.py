@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from service.jobs import RECOVER_TASK
+from service.jobs import RECOVER_TASK, JobStore
 from service.logs import configure_logging
 from worker.config import WorkerSettings, get_worker_settings
 from worker.pipeline import check_pipeline
@@ -97,13 +98,30 @@ def _connect_signals(app: Celery, settings: WorkerSettings, pool: str) -> None:
         stop_worker_context()
 
 
+def healthcheck(settings: WorkerSettings) -> int:
+    """Container health: some worker process on this host has a live heartbeat."""
+    store = JobStore.from_url(settings.require_redis_url(), ttl_s=settings.result_ttl_s)
+    host = socket.gethostname()
+    try:
+        alive = [w for w in store.live_worker_ids() if w.split(":", 1)[0] == host]
+    except redis.RedisError as exc:
+        log.error("healthcheck: Redis unreachable: %s", exc)
+        return 1
+    return 0 if alive else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.celery_app")
     parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--hostname", default=None, help="Celery node name, e.g. w1@%%h")
+    parser.add_argument(
+        "--healthcheck", action="store_true", help="exit 0 if a worker on this host is beating"
+    )
     args = parser.parse_args(argv)
     settings = get_worker_settings()
+    if args.healthcheck:
+        return healthcheck(settings)
     configure_logging(settings.log_level, settings.log_json)
     problem = check_pipeline(settings)
     if problem:
