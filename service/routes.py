@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import ApiError, CallerDep, RecoverDep, StateDep
 from service.jobs import FILE_MEDIA_TYPES, FILE_NAMES, JobRecord, JobStatus, is_job_id
 from service.logs import job_context
-from service.schemas import ErrorResponse, JobAccepted, JobView, Links, ProgressOut
+from service.schemas import ErrorBody, ErrorResponse, JobAccepted, JobView, Links, ProgressOut
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -166,7 +166,7 @@ def job_view(record: JobRecord) -> JobView:
         updated_at=record.updated_at,
         progress=ProgressOut(**vars(record.progress)) if record.progress else None,
         result=record.result,
-        error={"code": record.error.code, "message": record.error.message}
+        error=ErrorBody(code=record.error.code, message=record.error.message)
         if record.error
         else None,
         links=Links(self=base, files=files),

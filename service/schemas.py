@@ -42,7 +42,7 @@ class KeypointsIn(_Strict):
 
 class PersonIn(_Strict):
     bbox: tuple[float, float, float, float] | None = Field(
-        None, description="[x0, y0, x1, y1] in full-image pixels"
+        default=None, description="[x0, y0, x1, y1] in full-image pixels"
     )
     keypoints: KeypointsIn | None = None
 
@@ -60,9 +60,12 @@ class PersonIn(_Strict):
 
 
 class TTOOptions(_Strict):
-    steps: int = Field(14, ge=0, le=MAX_TTO_STEPS, description="test-time optimisation steps")
+    steps: int = Field(
+        default=14, ge=0, le=MAX_TTO_STEPS, description="test-time optimisation steps"
+    )
     scope: Literal["head", "full"] | None = Field(
-        None, description="parameters adapted; default: the scope the model was trained with"
+        default=None,
+        description="parameters adapted; default: the scope the model was trained with",
     )
 
 
@@ -75,7 +78,7 @@ class RecoverOptions(_Strict):
         description="people to recover; empty: the worker finds them (or uses the whole image)",
     )
     focal_length: float | None = Field(
-        None, gt=0, le=1e6, description="pixels; default sqrt(W^2 + H^2)"
+        default=None, gt=0, le=1e6, description="pixels; default sqrt(W^2 + H^2)"
     )
     tto: TTOOptions = Field(default_factory=TTOOptions)
     return_: list[Literal["mesh", "overlay", "joints3d"]] = Field(

@@ -19,18 +19,18 @@ class WorkerSettings(Settings):
     pipeline: Literal["onnx", "echo"] = "onnx"
     model_dir: Path | None = None  # exported model; None: the shipped one
     onnx_provider: Literal["cpu", "cuda"] = "cpu"
-    concurrency: int = Field(1, ge=1, le=64)
-    job_soft_time_limit_s: float = Field(300.0, gt=0)
-    job_hard_time_limit_s: float = Field(330.0, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=64)
+    job_soft_time_limit_s: float = Field(default=300.0, gt=0)
+    job_hard_time_limit_s: float = Field(default=330.0, gt=0)
     # A worker beats every interval; a job whose worker missed beats for ttl is re-queued.
-    heartbeat_interval_s: float = Field(2.0, gt=0)
-    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
     # Runs of one job (its worker died each time) before it is failed as a likely crasher.
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
     # Retries of a job whose pipeline reported a transient error.
-    max_transient_retries: int = Field(3, ge=0)
-    retry_delay_s: float = Field(2.0, ge=0)
-    echo_delay_s: float = Field(0.0, ge=0, le=600)  # diagnostics pipeline only
+    max_transient_retries: int = Field(default=3, ge=0)
+    retry_delay_s: float = Field(default=2.0, ge=0)
+    echo_delay_s: float = Field(default=0.0, ge=0, le=600)  # diagnostics pipeline only
 
     @model_validator(mode="after")
     def _check_times(self) -> WorkerSettings:

@@ -11,6 +11,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from service.client import JobFailed
 from service.jobs import JobStatus
 
 pytestmark = pytest.mark.e2e
@@ -97,3 +98,16 @@ def test_cancel_stops_a_running_job_and_the_worker_goes_on(stack) -> None:  # ty
     final = stack.client.job(job_id)
     assert final["status"] == "canceled" and final["result"] is None
     assert json.dumps(final)  # serialisable view
+
+
+def test_job_over_the_time_limit_fails_with_a_message(stack) -> None:  # type: ignore[no-untyped-def]
+    stack.workers.start(
+        METAHMR_ECHO_DELAY_S="5",
+        METAHMR_JOB_SOFT_TIME_LIMIT_S="1",
+        METAHMR_JOB_HARD_TIME_LIMIT_S="3",
+    )
+    job_id = stack.client.submit(_photo())
+    with pytest.raises(JobFailed) as exc:
+        stack.client.wait(job_id, timeout_s=20)
+    assert exc.value.job["error"]["code"] == "timeout"
+    assert "longer than 1 s" in exc.value.job["error"]["message"]

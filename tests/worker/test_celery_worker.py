@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from celery.contrib.testing.worker import start_worker
 
 from service.config import Settings
@@ -49,3 +50,17 @@ def test_real_worker_runs_a_published_task(
         "focal_length": (32**2 + 64**2) ** 0.5,
     }
     assert store.queue_length(worker_settings.queue_name) == 0
+
+
+def test_healthcheck_needs_a_live_worker_on_this_host(
+    worker_settings: WorkerSettings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.celery_app import main
+    from worker.tasks import new_worker_id
+
+    monkeypatch.setenv("METAHMR_REDIS_URL", worker_settings.require_redis_url())
+    assert main(["--healthcheck"]) == 1
+    store.heartbeat("some-other-host:1:abc", 30)
+    assert main(["--healthcheck"]) == 1
+    store.heartbeat(new_worker_id(), 30)
+    assert main(["--healthcheck"]) == 0
