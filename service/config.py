@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
     rate_limit_per_min: int = Field(default=60, ge=0)
     max_people: int = Field(default=16, ge=1)
-    max_tto_steps: int = Field(default=30, ge=0)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
     log_json: bool = True

@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import redis
+
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 from service.jobs import JobStore
@@ -45,7 +47,8 @@ class LocalStack:
         # that window too, turn it into an exception so the finally block cleans up.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self._start_redis()
+            if not self._start_redis():
+                return 1
             if not self._start_workers():
                 return 1
             threading.Thread(target=self._watch_workers, daemon=True).start()
@@ -57,13 +60,25 @@ class LocalStack:
             self.stop()
             signal.signal(signal.SIGTERM, previous)
 
-    def _start_redis(self) -> None:
+    def _start_redis(self) -> bool:
         url = self.settings.redis_url
         if url is None:
             self._redis = EmbeddedRedis().start()
             url = self._redis.url
             self.settings = self.settings.model_copy(update={"redis_url": url})
+        else:
+            try:
+                JobStore.from_url(url, ttl_s=60).ping()
+            except redis.RedisError as exc:
+                log.error(
+                    "cannot reach Redis at METAHMR_REDIS_URL=%s (%s); unset it to use "
+                    "an embedded one",
+                    url,
+                    exc,
+                )
+                return False
         self._env = dict(os.environ, METAHMR_REDIS_URL=url)
+        return True
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "worker.celery_app", f"--hostname=worker{index}@%h"]
@@ -81,7 +96,12 @@ class LocalStack:
                         "a worker exited at start (status %s); see its log above", proc.returncode
                     )
                     return False
-            if store.live_workers() >= self.workers:
+            try:
+                live = store.live_workers()
+            except redis.RedisError as exc:
+                log.error("lost Redis while starting: %s", exc)
+                return False
+            if live >= self.workers:
                 log.info("%d worker(s) ready", self.workers)
                 return True
             time.sleep(0.2)
