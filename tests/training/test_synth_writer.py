@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The writer renders bodies: skipped until model.body lands (issue 2).
+pytest.importorskip("model.body")
+
 from training.synth.writer import ANNOTATION_FIELDS, SynthJob, shard_path, synthesize
 
 
