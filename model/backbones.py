@@ -1,0 +1,210 @@
+"""Image backbones, written in-house (no torchvision): ResNet-18/34/50 with a width multiplier.
+
+Every backbone maps a normalised crop (B, 3, H, W) to a stride-32 feature map
+(`forward_features`) and, pooled, to a feature vector (`forward`). `build_backbone` is the
+only factory; "timm:<name>" models are available when the optional `timm` extra is installed
+(the paper's HRNet-W48 is "timm:hrnet_w48").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch import Tensor, nn
+
+# ImageNet statistics on RGB in [0, 1]: what ResNet-style backbones are conventionally fed.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESNET_LAYERS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+BACKBONE_NAMES = (*_RESNET_LAYERS, "timm:<model name>")
+
+
+def normalize_crops(crops: np.ndarray) -> np.ndarray:
+    """uint8 RGB crops (B, H, W, 3) -> float32 network input (B, 3, H, W), ImageNet-normalised."""
+    if crops.ndim != 4 or crops.shape[-1] != 3:
+        raise ValueError(f"crops must be (B, H, W, 3) RGB, got {crops.shape}")
+    x = crops.astype(np.float32) / 255.0
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _channels(base: int, width: float) -> int:
+    # Multiples of 8 keep convolutions on the vectorised kernels' fast paths.
+    return max(8, int(round(base * width / 8)) * 8)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_ch, out_ch, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 convolutions with a residual connection (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        # Stride on the 3x3 (the "ResNet v1.5" placement), as torchvision and CLIFF do.
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_ch, out_ch, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+
+def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+    )
+
+
+class ResNet(nn.Module):
+    """A ResNet trunk without the classifier; stride 32.
+
+    block: "basic" or "bottleneck". layers: blocks per stage. width: channel multiplier.
+    """
+
+    stride = 32
+
+    def __init__(self, block: str, layers: tuple[int, ...], width: float = 1.0) -> None:
+        super().__init__()
+        block_cls: type[BasicBlock] | type[Bottleneck] = (
+            BasicBlock if block == "basic" else Bottleneck
+        )
+        stem = _channels(64, width)
+        self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_ch = stem
+        stages = []
+        for i, n_blocks in enumerate(layers):
+            planes = _channels(64 * 2**i, width)
+            blocks = []
+            for j in range(n_blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(block_cls(in_ch, planes, stride))
+                in_ch = planes * block_cls.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_channels = in_ch
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Zero-init the last BN of each residual branch: every block starts as the identity,
+        # which makes training from scratch (no pretrained weights exist here) stable.
+        for m in self.modules():
+            if isinstance(m, BasicBlock | Bottleneck):
+                nn.init.zeros_(m.last_bn().weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, C, H/32, W/32)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, C) globally average-pooled features."""
+        return self.forward_features(x).mean(dim=(2, 3))
+
+
+class TimmBackbone(nn.Module):
+    """A timm model as a stride-32 trunk (optional extra: `pip install metahmr[timm]`)."""
+
+    stride = 32
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError(
+                f"backbone 'timm:{model_name}' needs the timm package; "
+                "install it with `pip install timm` or use one of the in-house ResNets"
+            ) from exc
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool="")
+        self.out_channels = int(self.model.num_features)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x).mean(dim=(2, 3))
+
+
+def build_backbone(name: str, width: float = 1.0) -> ResNet | TimmBackbone:
+    """The backbone called `name` (see BACKBONE_NAMES), randomly initialised.
+
+    width: channel multiplier for the in-house ResNets (must be 1.0 for timm models).
+    """
+    if name in _RESNET_LAYERS:
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"width must be a positive number, got {width}")
+        block, layers = _RESNET_LAYERS[name]
+        return ResNet(block, layers, width)
+    if name.startswith("timm:") and len(name) > len("timm:"):
+        if width != 1.0:
+            raise ValueError("width multipliers apply only to the in-house ResNets")
+        return TimmBackbone(name[len("timm:") :])
+    raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def feature_shape(backbone: nn.Module, crop_hw: tuple[int, int]) -> tuple[int, int, int]:
+    """(C, H/32, W/32) that `forward_features` returns for one crop of `crop_hw`."""
+    stride = int(getattr(backbone, "stride", 32))
+    out_channels = int(backbone.out_channels)  # type: ignore[arg-type]
+    return out_channels, math.ceil(crop_hw[0] / stride), math.ceil(crop_hw[1] / stride)
+

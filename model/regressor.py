@@ -1,0 +1,131 @@
+"""The CLIFF-style regressor: backbone features + bbox info -> SMPL parameters + crop camera.
+
+The module is split into `backbone` (image -> pooled features) and `head` (features, bbox
+info -> parameters) so the worker can run the backbone once in ONNX Runtime and the TTO in
+the "head" scope can adapt the head alone. f_w and f_u are two instances of `Regressor`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.backbones import build_backbone
+from model.config import RegressorConfig
+from model.geometry import rot6d_to_rotmat, rotmat_to_rot6d
+from model.outputs import RegressorOutput, SMPLParams
+
+NUM_JOINTS = 24
+NUM_BETAS = 10
+POSE_DIM = NUM_JOINTS * 6
+CAM_DIM = 3
+BBOX_INFO_DIM = 3
+# The decoder layers that emit pose, shape and camera: the "output" subset of the head.
+OUTPUT_LAYERS = ("decpose", "decshape", "deccam")
+
+# Mean crop camera (s, tx, ty): a ~1.7 m person filling ~80% of the box height, centred.
+MEAN_CROP_CAM = (0.9, 0.0, 0.0)
+
+
+def mean_rotations() -> Tensor:
+    """The mean pose as rotations (24, 3, 3): an upright person facing the camera.
+
+    The body frame has y up and faces +z, the camera frame y down and z forward, so the
+    root turns by pi about x (diag(1, -1, -1)); every other joint is at rest (identity).
+    """
+    rot = torch.eye(3).repeat(NUM_JOINTS, 1, 1)
+    rot[0] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    return rot
+
+
+class RegressorHead(nn.Module):
+    """HMR/CLIFF iterative regressor over pooled features.
+
+    feature_dim: size of the backbone's pooled features. hidden: fc width. n_iter: refinement
+    iterations. dropout: after each fc layer (training only).
+    Starts from mean parameters (buffers) and adds a residual each iteration.
+    """
+
+    def __init__(
+        self, feature_dim: int, hidden: int = 1024, n_iter: int = 3, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.feature_dim = feature_dim
+        self.n_iter = n_iter
+        in_dim = feature_dim + BBOX_INFO_DIM + POSE_DIM + NUM_BETAS + CAM_DIM
+        # HMR's two fc layers have no nonlinearity between them; kept as in the reference.
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.drop2 = nn.Dropout(dropout)
+        self.decpose = nn.Linear(hidden, POSE_DIM)
+        self.decshape = nn.Linear(hidden, NUM_BETAS)
+        self.deccam = nn.Linear(hidden, CAM_DIM)
+        # Small decoder weights: the first prediction stays close to the mean parameters.
+        for layer in (self.decpose, self.decshape, self.deccam):
+            nn.init.xavier_uniform_(layer.weight, gain=0.01)
+            nn.init.zeros_(layer.bias)
+        self.register_buffer("init_pose", rotmat_to_rot6d(mean_rotations()).reshape(1, POSE_DIM))
+        self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
+        self.register_buffer("init_cam", torch.tensor([MEAN_CROP_CAM]))
+
+    def forward(self, features: Tensor, bbox_info: Tensor) -> RegressorOutput:
+        """features: (B, F) pooled backbone features. bbox_info: (B, 3) CLIFF bbox info."""
+        pose6d, betas, cam = self.forward_raw(features, bbox_info)
+        return raw_to_output(pose6d, betas, cam)
+
+    def forward_raw(self, features: Tensor, bbox_info: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (pose6d (B, 144), betas (B, 10), crop_cam (B, 3))."""
+        batch = features.shape[0]
+        pose = self.init_pose.expand(batch, -1)
+        betas = self.init_betas.expand(batch, -1)
+        cam = self.init_cam.expand(batch, -1)
+        for _ in range(self.n_iter):
+            x = torch.cat([features, bbox_info, pose, betas, cam], dim=1)
+            x = self.drop2(self.fc2(self.drop1(self.fc1(x))))
+            pose = self.decpose(x) + pose
+            betas = self.decshape(x) + betas
+            cam = self.deccam(x) + cam
+        return pose, betas, cam
+
+    def output_parameter_names(self) -> tuple[str, ...]:
+        """Names (relative to the head) of the decoder layers' parameters."""
+        return tuple(n for n, _ in self.named_parameters() if n.split(".")[0] in OUTPUT_LAYERS)
+
+
+def raw_to_output(pose6d: Tensor, betas: Tensor, crop_cam: Tensor) -> RegressorOutput:
+    """(B, 144) 6D pose, (B, 10) betas, (B, 3) camera -> typed output with rotation matrices."""
+    rotmat = rot6d_to_rotmat(pose6d.reshape(-1, NUM_JOINTS, 6))
+    return RegressorOutput(SMPLParams(rotmat[:, :1], rotmat[:, 1:], betas), crop_cam)
+
+
+class Regressor(nn.Module):
+    """f_w / f_u: `backbone` (image -> features) followed by `head`."""
+
+    def __init__(self, config: RegressorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RegressorConfig()
+        cfg = self.config
+        self.backbone = build_backbone(cfg.backbone.name, cfg.backbone.width)
+        feature_dim = int(self.backbone.out_channels)
+        self.head = RegressorHead(feature_dim, cfg.hidden, cfg.n_iter, cfg.dropout)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.feature_dim
+
+    def forward(self, images: Tensor, bbox_info: Tensor) -> RegressorOutput:
+        """images: (B, 3, H, W) normalised crops. bbox_info: (B, 3)."""
+        return self.head(self.backbone(images), bbox_info)
+
+
+def build_regressor(config: RegressorConfig | None = None, seed: int | None = None) -> Regressor:
+    """A randomly initialised regressor; `seed` makes the initialisation reproducible."""
+    if seed is None:
+        return Regressor(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Regressor(config)
+
