@@ -29,9 +29,10 @@ def normalize_crops(crops: np.ndarray) -> np.ndarray:
     """uint8 RGB crops (B, H, W, 3) -> float32 network input (B, 3, H, W), ImageNet-normalised."""
     if crops.ndim != 4 or crops.shape[-1] != 3:
         raise ValueError(f"crops must be (B, H, W, 3) RGB, got {crops.shape}")
-    x = crops.astype(np.float32) / 255.0
-    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    x = (crops.astype(np.float32) / np.float32(255.0) - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def _channels(base: int, width: float) -> int:
@@ -96,9 +97,7 @@ class Bottleneck(nn.Module):
 def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
     if stride == 1 and in_ch == out_ch:
         return None
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-    )
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
 
 class ResNet(nn.Module):
@@ -207,4 +206,3 @@ def feature_shape(backbone: nn.Module, crop_hw: tuple[int, int]) -> tuple[int, i
     stride = int(getattr(backbone, "stride", 32))
     out_channels = int(backbone.out_channels)  # type: ignore[arg-type]
     return out_channels, math.ceil(crop_hw[0] / stride), math.ceil(crop_hw[1] / stride)
-

@@ -1,9 +1,74 @@
-"""`metahmr` sub-commands owned by the model package (parsers only; imports are lazy)."""
+"""`metahmr` sub-commands owned by the model package (parsers only; imports are lazy).
+
+- ``metahmr export --checkpoint CKPT --out DIR``: ONNX graphs + manifest for the worker.
+- ``metahmr bench tto --json OUT``: the TTO benchmark (docs/benchmarks.md section).
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    del sub, groups
+    export = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX graphs + manifest.json for the worker",
+        description="Export f_w, f_u (backbone and head graphs) and the keypoint detector "
+        "of a checkpoint to ONNX, write DIR/manifest.json, and check parity with PyTorch.",
+    )
+    export.add_argument("--checkpoint", required=True, type=Path, help="checkpoint .pt file")
+    export.add_argument("--out", required=True, type=Path, help="output directory")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.add_argument(
+        "--no-check", action="store_true", help="skip the ONNX Runtime parity check"
+    )
+    export.set_defaults(func=_export)
+
+    bench = groups["bench"].add_parser(
+        "tto",
+        help="TTO latency: ONNX forward, head/full TTO, reference-style loop, batching",
+        description="Benchmark the test-time optimisation per person on this machine and "
+        "write the 'TTO' section of docs/benchmarks.md.",
+    )
+    bench.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bench.add_argument(
+        "--backbones", default="resnet18,resnet50", help="comma-separated backbone names"
+    )
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    bench.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument(
+        "--doc", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update"
+    )
+    bench.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    bench.set_defaults(func=_bench_tto)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_checkpoint
+    from model.export import check_parity, export_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    manifest = export_checkpoint(ckpt, args.out, args.opset, checkpoint_path=args.checkpoint)
+    log.info("wrote %d graphs and manifest.json to %s", len(manifest["graphs"]), args.out)
+    if args.no_check:
+        return 0
+    errors = check_parity(ckpt, args.out)
+    worst = max(errors.values())
+    for name, err in errors.items():
+        log.info("parity %s: max abs error %.2e", name, err)
+    if worst > 1e-4:
+        log.error("ONNX output differs from PyTorch by %.2e (> 1e-4)", worst)
+        return 1
+    return 0
+
+
+def _bench_tto(args: argparse.Namespace) -> int:
+    from model.bench_tto import run_from_args
+
+    return run_from_args(args)

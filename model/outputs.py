@@ -34,9 +34,7 @@ class SMPLParams:
         return torch.cat([self.global_orient, self.body_pose], dim=1)
 
     def detach(self) -> SMPLParams:
-        return SMPLParams(
-            self.global_orient.detach(), self.body_pose.detach(), self.betas.detach()
-        )
+        return SMPLParams(self.global_orient.detach(), self.body_pose.detach(), self.betas.detach())
 
 
 @dataclass(frozen=True)
@@ -168,8 +166,12 @@ def _check_crop_values(center: Tensor, box_size: Tensor, img_hw: Tensor, focal: 
             f"center must be (B, 2) and box_size (B,); got {tuple(center.shape)} and "
             f"{tuple(box_size.shape)}"
         )
-    for name, value in (("center", center), ("box_size", box_size), ("img_hw", img_hw),
-                        ("focal_length", focal)):
+    for name, value in (
+        ("center", center),
+        ("box_size", box_size),
+        ("img_hw", img_hw),
+        ("focal_length", focal),
+    ):
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} has NaN/Inf entries; pass finite box and camera values")
     if bool((box_size <= 1.0).any()):

@@ -46,6 +46,10 @@ class RegressorHead(nn.Module):
     Starts from mean parameters (buffers) and adds a residual each iteration.
     """
 
+    init_pose: Tensor  # (1, 144) mean pose, 6D
+    init_betas: Tensor  # (1, 10)
+    init_cam: Tensor  # (1, 3) mean crop camera
+
     def __init__(
         self, feature_dim: int, hidden: int = 1024, n_iter: int = 3, dropout: float = 0.5
     ) -> None:
@@ -128,4 +132,3 @@ def build_regressor(config: RegressorConfig | None = None, seed: int | None = No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Regressor(config)
-

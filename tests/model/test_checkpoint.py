@@ -1,0 +1,105 @@
+"""Specification of model/checkpoint.py: one format, safe loading, random initialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import (
+    FORMAT_VERSION,
+    checkpoint_from_models,
+    load_checkpoint,
+    random_checkpoint,
+    save_checkpoint,
+    to_payload,
+)
+from model.config import BackboneConfig, DetectorConfig, LossWeights, RegressorConfig, TTOConfig
+from model.regressor import build_regressor
+
+torch.set_num_threads(1)
+
+TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
+TINY_DET = DetectorConfig(BackboneConfig("resnet18", 0.25), deconv_channels=(32, 32, 32))
+TTO = TTOConfig(scope="full", steps=5, loss_weights=LossWeights(vertices=0.0))
+
+
+def tiny_checkpoint(**kw: object) -> object:
+    return random_checkpoint(TINY, TINY_DET, TTO, body_model_id="test-body", **kw)
+
+
+def test_round_trip_keeps_weights_configs_and_metadata(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(seed=3)
+    path = save_checkpoint(ckpt, tmp_path / "sub" / "model.pt")
+    loaded = load_checkpoint(path)
+    assert loaded.regressor_config == TINY
+    assert loaded.detector_config == TINY_DET
+    assert loaded.tto == TTO and loaded.tto_scope == "full"
+    assert loaded.body_model_id == "test-body"
+    assert loaded.model_version == "random-init"
+    for name in ("f_w", "f_u", "detector"):
+        before, after = getattr(ckpt, name), getattr(loaded, name)
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    x, info = torch.randn(1, 3, 256, 192), torch.randn(1, 3)
+    with torch.no_grad():
+        a, b = ckpt.build_f_w()(x, info), loaded.build_f_w()(x, info)
+    assert torch.equal(a.crop_cam, b.crop_cam)
+    assert not loaded.build_f_w().training
+
+
+def test_file_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> None:
+    path = save_checkpoint(tiny_checkpoint(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "metahmr-checkpoint"
+    assert payload["format_version"] == FORMAT_VERSION
+    assert payload["tto_scope"] == "full"
+    assert payload["configs"]["regressor"]["backbone"] == {"name": "resnet18", "width": 0.25}
+    assert set(payload["state_dicts"]) == {"f_w", "f_u", "detector"}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
+
+
+def test_random_checkpoints_are_reproducible_and_f_u_differs() -> None:
+    a, b = tiny_checkpoint(seed=0), tiny_checkpoint(seed=0)
+    key = "head.fc1.weight"
+    assert torch.equal(a.f_w[key], b.f_w[key])
+    assert not torch.equal(a.f_w[key], a.f_u[key])
+    assert tiny_checkpoint(with_aux=False, with_detector=False).build_f_u() is None
+
+
+def test_checkpoint_from_models_needs_one_regressor_config() -> None:
+    other = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=32)
+    with pytest.raises(ValueError, match="share one RegressorConfig"):
+        checkpoint_from_models(build_regressor(TINY), TTO, "b", f_u=build_regressor(other))
+
+
+def test_missing_file_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_foreign_and_newer_files_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a metahmr checkpoint"):
+        load_checkpoint(other)
+    newer = tmp_path / "newer.pt"
+    payload = to_payload(tiny_checkpoint())
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, newer)
+    with pytest.raises(ValueError, match="format_version"):
+        load_checkpoint(newer)
+
+
+def test_unknown_config_keys_fail_loudly(tmp_path: Path) -> None:
+    payload = to_payload(tiny_checkpoint())
+    payload["configs"]["tto"]["mystery"] = 1
+    path = tmp_path / "m.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="mystery"):
+        load_checkpoint(path)
