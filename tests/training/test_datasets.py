@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 # model.keypoints lands with the body-model work (issue 2); until then this module is skipped.
 get_format = pytest.importorskip("model.keypoints").get_format
 from PIL import Image
