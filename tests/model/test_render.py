@@ -270,7 +270,7 @@ def test_shading_is_lambert_in_pyrender_light_units(renderer):
     np.testing.assert_allclose(centre.mean(0), expected, atol=2.0)
 
 
-def posed_body_in_camera(transl=(0.15, 0.1, 4.0)):
+def posed_body_in_camera(transl=(0.15, -0.1, 5.0)):
     """The bundled body model, arms and one knee bent, upright and facing the camera.
 
     Returns (vertices (V, 3), faces (F, 3), joints (24, 3), coco17 (17, 3)) in metres in
