@@ -7,6 +7,8 @@ the "head" scope can adapt the head alone. f_w and f_u are two instances of `Reg
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -58,9 +60,15 @@ class RegressorHead(nn.Module):
             raise ValueError(f"n_iter must be >= 1, got {n_iter}")
         self.feature_dim = feature_dim
         self.n_iter = n_iter
-        in_dim = feature_dim + BBOX_INFO_DIM + POSE_DIM + NUM_BETAS + CAM_DIM
+        state_dim = POSE_DIM + NUM_BETAS + CAM_DIM
+        # HMR's fc1 over [features, bbox_info, pose, betas, cam], split in two layers (the sum
+        # of the two is exactly the one layer over the concatenation): the feature part is
+        # constant while only the decoders adapt (TTO "output" subset), so it is computed
+        # once per fit (`feature_term`) instead of in every iteration of every step.
+        self.fc1_feat = nn.Linear(feature_dim + BBOX_INFO_DIM, hidden)
+        self.fc1_state = nn.Linear(state_dim, hidden, bias=False)
+        _init_split_linear(self.fc1_feat, self.fc1_state)
         # HMR's two fc layers have no nonlinearity between them; kept as in the reference.
-        self.fc1 = nn.Linear(in_dim, hidden)
         self.drop1 = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, hidden)
         self.drop2 = nn.Dropout(dropout)
@@ -75,20 +83,33 @@ class RegressorHead(nn.Module):
         self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
         self.register_buffer("init_cam", torch.tensor([MEAN_CROP_CAM]))
 
-    def forward(self, features: Tensor, bbox_info: Tensor) -> RegressorOutput:
-        """features: (B, F) pooled backbone features. bbox_info: (B, 3) CLIFF bbox info."""
-        pose6d, betas, cam = self.forward_raw(features, bbox_info)
+    def forward(
+        self, features: Tensor, bbox_info: Tensor, feature_term: Tensor | None = None
+    ) -> RegressorOutput:
+        """features: (B, F) pooled backbone features. bbox_info: (B, 3) CLIFF bbox info.
+
+        feature_term: (B, hidden) `self.feature_term(features, bbox_info)` when already
+        computed (the TTO caches it while fc1_feat is frozen); None computes it.
+        """
+        pose6d, betas, cam = self.forward_raw(features, bbox_info, feature_term)
         return raw_to_output(pose6d, betas, cam)
 
-    def forward_raw(self, features: Tensor, bbox_info: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def feature_term(self, features: Tensor, bbox_info: Tensor) -> Tensor:
+        """fc1's contribution from (features (B, F), bbox_info (B, 3)), bias included: (B, hidden)."""
+        return self.fc1_feat(torch.cat([features, bbox_info], dim=1))
+
+    def forward_raw(
+        self, features: Tensor, bbox_info: Tensor, feature_term: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (pose6d (B, 144), betas (B, 10), crop_cam (B, 3))."""
-        batch = features.shape[0]
+        base = self.feature_term(features, bbox_info) if feature_term is None else feature_term
+        batch = base.shape[0]
         pose = self.init_pose.expand(batch, -1)
         betas = self.init_betas.expand(batch, -1)
         cam = self.init_cam.expand(batch, -1)
         for _ in range(self.n_iter):
-            x = torch.cat([features, bbox_info, pose, betas, cam], dim=1)
-            x = self.drop2(self.fc2(self.drop1(self.fc1(x))))
+            x = base + self.fc1_state(torch.cat([pose, betas, cam], dim=1))
+            x = self.drop2(self.fc2(self.drop1(x)))
             pose = self.decpose(x) + pose
             betas = self.decshape(x) + betas
             cam = self.deccam(x) + cam
@@ -97,6 +118,15 @@ class RegressorHead(nn.Module):
     def output_parameter_names(self) -> tuple[str, ...]:
         """Names (relative to the head) of the decoder layers' parameters."""
         return tuple(n for n, _ in self.named_parameters() if n.split(".")[0] in OUTPUT_LAYERS)
+
+
+def _init_split_linear(feat: nn.Linear, state: nn.Linear) -> None:
+    """nn.Linear's default init for the one layer the two halves stand for (fan-in of both)."""
+    bound = 1.0 / math.sqrt(feat.in_features + state.in_features)
+    for w in (feat.weight, state.weight):
+        nn.init.uniform_(w, -bound, bound)
+    if feat.bias is not None:
+        nn.init.uniform_(feat.bias, -bound, bound)
 
 
 def raw_to_output(pose6d: Tensor, betas: Tensor, crop_cam: Tensor) -> RegressorOutput:

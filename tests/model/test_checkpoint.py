@@ -62,7 +62,7 @@ def test_file_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> None:
 
 def test_random_checkpoints_are_reproducible_and_f_u_differs() -> None:
     a, b = tiny_checkpoint(seed=0), tiny_checkpoint(seed=0)
-    key = "head.fc1.weight"
+    key = "head.fc1_feat.weight"
     assert torch.equal(a.f_w[key], b.f_w[key])
     assert not torch.equal(a.f_w[key], a.f_u[key])
     assert tiny_checkpoint(with_aux=False, with_detector=False).build_f_u() is None

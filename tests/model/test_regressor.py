@@ -78,9 +78,9 @@ def test_bbox_info_changes_the_prediction() -> None:
 def test_main_and_auxiliary_nets_are_one_class_with_their_own_weights() -> None:
     f_w, f_u = build_regressor(TINY, seed=0), build_regressor(TINY, seed=1)
     assert type(f_w) is type(f_u) is Regressor
-    assert not torch.equal(f_w.head.fc1.weight, f_u.head.fc1.weight)
+    assert not torch.equal(f_w.head.fc1_feat.weight, f_u.head.fc1_feat.weight)
     again = build_regressor(TINY, seed=0)
-    assert torch.equal(f_w.head.fc1.weight, again.head.fc1.weight)
+    assert torch.equal(f_w.head.fc1_feat.weight, again.head.fc1_feat.weight)
 
 
 def test_eval_mode_is_deterministic_and_train_mode_uses_dropout() -> None:
@@ -154,3 +154,13 @@ def test_crop_info_validate_checks_shapes() -> None:
     bad = CropInfo(crop.center, crop.box_size, crop.img_hw, crop.focal_length[:1], crop.affine)
     with pytest.raises(ValueError, match="focal_length"):
         bad.validate()
+
+
+def test_cached_feature_term_gives_the_same_prediction() -> None:
+    net = build_regressor(TINY, seed=3).eval()
+    feats, info = torch.randn(2, net.feature_dim), torch.randn(2, 3)
+    with torch.no_grad():
+        direct = net.head(feats, info)
+        cached = net.head(feats, info, net.head.feature_term(feats, info))
+    assert torch.equal(direct.crop_cam, cached.crop_cam)
+    assert net.head.feature_term(feats, info).shape == (2, 64)

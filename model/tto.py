@@ -1,0 +1,609 @@
+"""Test-time optimisation (TTO) from the meta-parameters (ARCHITECTURE §3).
+
+`fit` adapts a per-person copy of f_w's weights to that person's 2D keypoints:
+
+- step 0: one SGD step on L_test-u (2D keypoints + agreement with f_u's prediction);
+- Adam steps: on the 2D keypoint loss only, until `TTOConfig.steps` or until the loss
+  changes by less than `TTOConfig.early_stop`;
+
+with BatchNorm and dropout in eval mode. The scope says which weights adapt: "head" (the
+regressor head over fixed backbone features) or "full" (everything).
+
+The functional core (`predict`, `step_loss`, `inner_step`) takes parameters as a dict, so
+meta-training calls the very same `inner_step` (first- or second-order) that the TTO uses.
+With ``per_sample=True`` every adapted tensor carries a leading person dimension and the
+forward runs under `torch.func.vmap`: each person gets their own weights and gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from model.config import LossWeights, TTOConfig
+from model.losses import LossTerms, loss_test_u, reprojected_keypoint_loss
+from model.outputs import BodyOutput, CropInfo, FitResult, RegressorOutput, SMPLParams
+from model.regressor import Regressor
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("test_u", "2d")
+_KEYPOINT_COUNTS = {"coco17": 17, "openpose25": 25, "smpl24": 24}
+SKIP_NO_KEYPOINTS = "no keypoint with confidence > 0"
+
+Params = dict[str, Tensor]
+
+
+class BodyModelLike(Protocol):
+    """What the TTO needs of `model.body.BodyModel`."""
+
+    def __call__(self, params: SMPLParams) -> BodyOutput: ...  # full mesh
+
+    def keypoints_only(self, params: SMPLParams) -> BodyOutput: ...  # vertices None
+
+
+@dataclass(frozen=True)
+class TTOInputs:
+    """What one `fit` call needs for B people.
+
+    keypoints: (B, K, 3) full-image pixels + confidence, in `keypoint_format` ("coco17",
+        "openpose25" or "smpl24"; convert others with `model.keypoints.convert_keypoints`).
+    crop: where each crop sits in its image (`CropInfo`).
+    images: (B, 3, H, W) normalised crops; needed for the "full" scope, and for "head"
+        when no features are given.
+    features: (B, F) pooled backbone features of f_w (e.g. from ONNX Runtime).
+    """
+
+    keypoints: Tensor
+    crop: CropInfo
+    keypoint_format: str = "coco17"
+    images: Tensor | None = None
+    features: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """The data one inner step sees.
+
+    args: the module's inputs: (features (B, F) or images (B, 3, H, W), bbox_info (B, 3)),
+        for a head optionally followed by its cached feature_term (B, hidden).
+    keypoints: (B, K, 3). aux / aux_body: f_u's prediction and its posed body (full mesh for
+    the vertex term), or None for a 2D-only step 0.
+    """
+
+    args: tuple[Tensor, ...]
+    keypoints: Tensor
+    crop: CropInfo
+    keypoint_format: str = "coco17"
+    aux: RegressorOutput | None = None
+    aux_body: BodyOutput | None = None
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """loss: what to differentiate (scalar). per_sample: (B,) per-person totals.
+    terms: every term with reduction "none". pred: the prediction it was computed from."""
+
+    loss: Tensor
+    per_sample: Tensor
+    terms: LossTerms
+    pred: RegressorOutput
+
+
+# --- functional core -----------------------------------------------------------------------
+
+
+def predict(
+    module: nn.Module,
+    params: Params,
+    args: tuple[Tensor, ...],
+    buffers: Params | None = None,
+    per_sample: bool = False,
+) -> RegressorOutput:
+    """Run `module` (a `Regressor` or `RegressorHead`) with `params` replacing its own.
+
+    params: any subset of the module's parameters; the rest are the module's own.
+    per_sample: each tensor in params is (B, ...) — one copy per sample — and sample i of
+    `args` runs with copy i (under `torch.func.vmap`).
+    """
+    tensors = {**params, **(buffers or {})}
+    if not per_sample:
+        return functional_call(module, tensors, args)
+
+    def one(p: Params, *xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = functional_call(module, {**p, **(buffers or {})}, tuple(x[None] for x in xs))
+        prm = out.params
+        return prm.global_orient[0], prm.body_pose[0], prm.betas[0], out.crop_cam[0]
+
+    go, bp, betas, cam = vmap(one)(params, *args)
+    return RegressorOutput(SMPLParams(go, bp, betas), cam)
+
+
+def step_loss(
+    module: nn.Module,
+    params: Params,
+    batch: StepBatch,
+    body: BodyModelLike,
+    *,
+    objective: str,
+    weights: LossWeights,
+    buffers: Params | None = None,
+    per_sample: bool = False,
+) -> StepLoss:
+    """The TTO objective of a prediction with `params`.
+
+    objective: "test_u" (L_test-u; its agreement terms need batch.aux) or "2d" (the
+    unweighted 2D keypoint loss, what the Adam steps minimise).
+    The loss to differentiate is the batch mean, or with per_sample the sum of per-person
+    losses (so each person's gradient is that person's own).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid: {OBJECTIVES}")
+    pred = predict(module, params, batch.args, buffers, per_sample)
+    if objective == "2d":
+        per = reprojected_keypoint_loss(
+            pred,
+            body.keypoints_only(pred.params),
+            batch.keypoints,
+            batch.crop,
+            batch.keypoint_format,
+            reduction="none",
+        )
+        zero = torch.zeros_like(per)
+        terms = LossTerms(per, per, zero, zero, zero, zero, zero)
+    else:
+        # The vertex term needs the full mesh; skip it when there is nothing to agree with.
+        needs_mesh = batch.aux_body is not None and batch.aux_body.vertices is not None
+        pred_body = body(pred.params) if needs_mesh else body.keypoints_only(pred.params)
+        terms = loss_test_u(
+            pred,
+            pred_body,
+            batch.keypoints,
+            batch.crop,
+            weights,
+            batch.aux,
+            batch.aux_body,
+            batch.keypoint_format,
+            reduction="none",
+        )
+        per = terms.total
+    loss = per.sum() if per_sample else per.mean()
+    return StepLoss(loss, per, terms, pred)
+
+
+def inner_step(
+    module: nn.Module,
+    params: Params,
+    batch: StepBatch,
+    body: BodyModelLike,
+    *,
+    lr: float,
+    weights: LossWeights,
+    objective: str = "test_u",
+    buffers: Params | None = None,
+    per_sample: bool = False,
+    first_order: bool = True,
+) -> tuple[Params, StepLoss]:
+    """One SGD step on the TTO objective: ``w' = w - lr * grad``. Returns (w', the loss at w).
+
+    params must require grad (leaves for the TTO; the live parameters, or tensors derived
+    from them, in meta-training). first_order=False keeps the graph of the gradient, so an
+    outer loss on w' differentiates through the step (second-order MAML); first_order=True
+    treats the gradient as a constant (w' still depends on w through the identity term).
+    """
+    result = step_loss(
+        module,
+        params,
+        batch,
+        body,
+        objective=objective,
+        weights=weights,
+        buffers=buffers,
+        per_sample=per_sample,
+    )
+    names = list(params)
+    grads = torch.autograd.grad(
+        result.loss,
+        [params[n] for n in names],
+        create_graph=not first_order,
+        allow_unused=True,
+    )
+    updated = {}
+    for name, grad in zip(names, grads, strict=True):
+        if grad is None:  # a parameter this objective does not reach
+            updated[name] = params[name]
+            continue
+        updated[name] = params[name] - lr * (grad.detach() if first_order else grad)
+    return updated, result
+
+
+def adapted_parameter_names(
+    regressor: Regressor, scope: str, head_subset: str = "all"
+) -> list[str]:
+    """Names of the parameters the TTO adapts, relative to the module it runs.
+
+    "head" scope: names within `regressor.head` (all, or the decoder layers for
+    head_subset="output"). "full" scope: every parameter name of `regressor`.
+    """
+    if scope == "full":
+        return [n for n, _ in regressor.named_parameters()]
+    if scope == "head":
+        if head_subset == "output":
+            return list(regressor.head.output_parameter_names())
+        return [n for n, _ in regressor.head.named_parameters()]
+    raise ValueError(f"unknown TTO scope {scope!r}; valid scopes: ('head', 'full')")
+
+
+# --- the fit -------------------------------------------------------------------------------
+
+
+def fit(
+    regressor: Regressor,
+    inputs: TTOInputs,
+    body: BodyModelLike,
+    config: TTOConfig | None = None,
+    aux: RegressorOutput | None = None,
+    *,
+    batched: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Adapt a copy of `regressor`'s weights to each person's 2D keypoints.
+
+    regressor: f_w (its own weights are not changed). aux: f_u's prediction for the same
+    people (B), used by step 0 when config.use_aux. batched: fit all people of the "head"
+    scope at once (per-person weights under vmap) instead of one by one; the results are
+    equal. on_step(step, total): progress callback after each update.
+    The device is the inputs' device; the regressor must already be there.
+    """
+    config = config or TTOConfig()
+    _validate(inputs, aux, config)
+    with _eval_mode(regressor), _threads(config.num_threads), torch.enable_grad():
+        return _fit(regressor, inputs, body, config, aux, batched, on_step)
+
+
+def _fit(
+    regressor: Regressor,
+    inputs: TTOInputs,
+    body: BodyModelLike,
+    config: TTOConfig,
+    aux: RegressorOutput | None,
+    batched: bool,
+    on_step: Callable[[int, int], None] | None,
+) -> FitResult:
+    bbox_info = inputs.crop.bbox_info()
+    if config.scope == "head":
+        module: nn.Module = regressor.head
+        x = _features(regressor, inputs)
+    else:
+        module = regressor
+        x = _require_images(inputs)
+    names = adapted_parameter_names(regressor, config.scope, config.head_subset)
+    own = dict(module.named_parameters())
+    with torch.no_grad():
+        initial = module(x, bbox_info)
+        args: tuple[Tensor, ...] = (x, bbox_info)
+        if config.scope == "head" and not any(n.startswith("fc1_feat.") for n in names):
+            # fc1's feature part stays fixed: compute it once, not in every step.
+            args = (x, bbox_info, regressor.head.feature_term(x, bbox_info))
+
+    active = (inputs.keypoints[..., 2] > 0).any(dim=-1)
+    people = [i for i in range(len(active)) if bool(active[i])]
+    records: dict[int, _PersonRecord] = {}
+    if config.scope == "head" and batched and people:
+        groups = [people]
+    else:
+        groups = [[i] for i in people]
+    for group in groups:
+        idx = torch.tensor(group, device=x.device)
+        batch = StepBatch(
+            tuple(a[idx] for a in args),
+            inputs.keypoints[idx],
+            inputs.crop.select(idx),
+            inputs.keypoint_format,
+            *_aux_for(aux, idx, body, config),
+        )
+        start = {n: own[n].detach() for n in names}
+        run = _fit_group(
+            module, start, batch, body, config, per_sample=len(group) > 1, on_step=on_step
+        )
+        for k, i in enumerate(group):
+            records[i] = run.person(k)
+    return _assemble(initial, records, len(active), config.scope)
+
+
+@dataclass
+class _GroupRun:
+    final: RegressorOutput
+    history: list[Tensor]  # each (P,) 2D losses before an update
+    final_loss: Tensor  # (P,)
+    test_u: Tensor  # (P,)
+    steps_run: Tensor  # (P,) int
+    stopped: Tensor  # (P,) bool
+
+    def person(self, k: int) -> _PersonRecord:
+        steps = int(self.steps_run[k])
+        return _PersonRecord(
+            final=self.final.select(k),
+            history=tuple(float(h[k]) for h in self.history[:steps]),
+            final_loss=float(self.final_loss[k]),
+            test_u=float(self.test_u[k]),
+            steps_run=steps,
+            stopped=bool(self.stopped[k]),
+        )
+
+
+@dataclass(frozen=True)
+class _PersonRecord:
+    final: RegressorOutput
+    history: tuple[float, ...]
+    final_loss: float
+    test_u: float
+    steps_run: int
+    stopped: bool
+
+
+def _fit_group(
+    module: nn.Module,
+    start: Params,
+    batch: StepBatch,
+    body: BodyModelLike,
+    config: TTOConfig,
+    *,
+    per_sample: bool,
+    on_step: Callable[[int, int], None] | None,
+) -> _GroupRun:
+    """The staged fit of P people (one weight copy each when per_sample, else P = 1)."""
+    n_people = batch.keypoints.shape[0]
+    total = 1 + config.steps
+    expand = (lambda t: t.expand(n_people, *t.shape).clone()) if per_sample else torch.clone
+    params = {n: expand(p).requires_grad_(True) for n, p in start.items()}
+    use_aux = config.use_aux and batch.aux is not None
+
+    # Step 0: one SGD step on L_test-u (2D + agreement with f_u), through `inner_step`.
+    stepped, loss0 = inner_step(
+        module,
+        params,
+        batch,
+        body,
+        lr=config.sgd_lr,
+        weights=config.loss_weights,
+        objective="test_u" if use_aux else "2d",
+        per_sample=per_sample,
+    )
+    params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
+    history = [loss0.terms.keypoints_2d.detach()]
+    steps_run = torch.ones(n_people, dtype=torch.long)
+    stopped = torch.zeros(n_people, dtype=torch.bool)
+    _notify(on_step, 1, total)
+
+    # Adam steps on the 2D keypoint loss only, with a per-person early stop.
+    optimizer = _adam(list(params.values()), config)
+    frozen: Params | None = None  # weights of people who stopped, kept from their last step
+    for step in range(1, config.steps + 1):
+        current = step_loss(
+            module,
+            params,
+            batch,
+            body,
+            objective="2d",
+            weights=config.loss_weights,
+            per_sample=per_sample,
+        )
+        # autograd.grad, not backward(): only the adapted copies get gradients (backward
+        # would also fill .grad of the regressor's own, frozen, parameters).
+        grads = torch.autograd.grad(current.loss, list(params.values()))
+        for p, g in zip(params.values(), grads, strict=True):
+            # contiguous(): vmap returns transposed weight gradients, and fused Adam on CPU
+            # (torch 2.13) reads a gradient as if it had its parameter's strides.
+            p.grad = g.contiguous()
+        optimizer.step()
+        losses = current.per_sample.detach()
+        running = ~stopped
+        steps_run += running.long()
+        history.append(losses)
+        newly = running & ((losses - history[-2]).abs() < config.early_stop)
+        if bool(newly.any()):
+            frozen = _freeze(frozen, params, newly)
+            stopped |= newly
+        _notify(on_step, step + 1, total)
+        if bool(stopped.all()):
+            break
+
+    final_params = _merge_frozen(params, frozen, stopped)
+    with torch.no_grad():
+        last = step_loss(
+            module,
+            final_params,
+            batch,
+            body,
+            objective="2d",
+            weights=config.loss_weights,
+            per_sample=per_sample,
+        )
+    return _GroupRun(
+        final=last.pred.detach(),
+        history=history,
+        final_loss=last.per_sample.detach(),
+        test_u=loss0.per_sample.detach(),
+        steps_run=steps_run,
+        stopped=stopped,
+    )
+
+
+def _freeze(frozen: Params | None, params: Params, newly: Tensor) -> Params:
+    """Remember the current weights of the people in `newly` (P,) bool."""
+    if frozen is None:
+        return {n: p.detach().clone() for n, p in params.items()}
+    for n, p in params.items():
+        frozen[n][newly] = p.detach()[newly]
+    return frozen
+
+
+def _merge_frozen(params: Params, frozen: Params | None, stopped: Tensor) -> Params:
+    if frozen is None:
+        return {n: p.detach() for n, p in params.items()}
+    merged = {}
+    for n, p in params.items():
+        mask = stopped.reshape(-1, *([1] * (p.dim() - 1)))
+        merged[n] = torch.where(mask, frozen[n], p.detach())
+    return merged
+
+
+def _adam(params: list[Tensor], config: TTOConfig) -> torch.optim.Adam:
+    # Fused Adam does the whole update in one kernel per tensor (4-10x less Adam time on
+    # this CPU than the per-op path); Adam is elementwise, so stacked per-person weights
+    # get exactly the per-person update.
+    return torch.optim.Adam(
+        params,
+        lr=config.adam_lr,
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+        fused=params[0].device.type in ("cpu", "cuda"),
+    )
+
+
+def _aux_for(
+    aux: RegressorOutput | None, idx: Tensor, body: BodyModelLike, config: TTOConfig
+) -> tuple[RegressorOutput | None, BodyOutput | None]:
+    if aux is None or not config.use_aux:
+        return None, None
+    sub = aux.select(idx).detach()
+    needs_mesh = config.loss_weights.vertices != 0
+    with torch.no_grad():
+        aux_body = body(sub.params) if needs_mesh else body.keypoints_only(sub.params)
+    return sub, aux_body
+
+
+def _assemble(
+    initial: RegressorOutput, records: dict[int, _PersonRecord], n: int, scope: str
+) -> FitResult:
+    finals: list[RegressorOutput] = []
+    history: list[tuple[float, ...]] = []
+    final_loss: list[float] = []
+    test_u: list[float | None] = []
+    steps: list[int] = []
+    stopped: list[bool] = []
+    skipped: list[str | None] = []
+    for i in range(n):
+        rec = records.get(i)
+        if rec is None:
+            finals.append(initial.select(i))
+            history.append(())
+            final_loss.append(0.0)
+            test_u.append(None)
+            steps.append(0)
+            stopped.append(False)
+            skipped.append(SKIP_NO_KEYPOINTS)
+            continue
+        finals.append(rec.final)
+        history.append(rec.history)
+        final_loss.append(rec.final_loss)
+        test_u.append(rec.test_u)
+        steps.append(rec.steps_run)
+        stopped.append(rec.stopped)
+        skipped.append(None)
+    final = RegressorOutput.cat(finals) if finals else initial
+    return FitResult(
+        initial=initial.detach(),
+        final=final.detach(),
+        loss_history=tuple(history),
+        final_loss=tuple(final_loss),
+        test_u_loss=tuple(test_u),
+        steps_run=tuple(steps),
+        stopped_early=tuple(stopped),
+        skipped=tuple(skipped),
+        scope=scope,
+    )
+
+
+# --- inputs, modes, threads ----------------------------------------------------------------
+
+
+def _features(regressor: Regressor, inputs: TTOInputs) -> Tensor:
+    if inputs.features is not None:
+        return _plain(inputs.features)
+    images = _require_images(inputs)
+    with torch.no_grad():
+        return regressor.backbone(images)
+
+
+def _require_images(inputs: TTOInputs) -> Tensor:
+    if inputs.images is None:
+        raise ValueError(
+            "this TTO needs the normalised crops: pass TTOInputs.images (B, 3, H, W) "
+            "(the 'full' scope always does; 'head' does when no features are given)"
+        )
+    return _plain(inputs.images)
+
+
+def _plain(t: Tensor) -> Tensor:
+    # Tensors made under torch.inference_mode cannot enter autograd; a copy can.
+    return t.clone() if t.is_inference() else t
+
+
+def _validate(inputs: TTOInputs, aux: RegressorOutput | None, config: TTOConfig) -> None:
+    kp = inputs.keypoints
+    fmt = inputs.keypoint_format
+    if fmt not in _KEYPOINT_COUNTS:
+        raise ValueError(
+            f"unsupported keypoint format {fmt!r}; valid: {tuple(_KEYPOINT_COUNTS)} "
+            "(convert others with model.keypoints.convert_keypoints)"
+        )
+    n_kp = _KEYPOINT_COUNTS[fmt]
+    if not isinstance(kp, Tensor) or kp.dim() != 3 or kp.shape[1:] != (n_kp, 3):
+        shape = tuple(kp.shape) if isinstance(kp, Tensor) else type(kp).__name__
+        raise ValueError(f"keypoints must be (B, {n_kp}, 3) [x, y, conf] for {fmt}, got {shape}")
+    if not bool(torch.isfinite(kp).all()):
+        raise ValueError("keypoints contain NaN/Inf; send finite [x, y, conf] values")
+    if bool((kp[..., 2] < 0).any()):
+        raise ValueError("keypoint confidences must be >= 0")
+    batch = kp.shape[0]
+    if inputs.crop.batch_size != batch:
+        raise ValueError(f"crop has {inputs.crop.batch_size} people, keypoints {batch}")
+    inputs.crop.validate()
+    for name in ("images", "features"):
+        value = getattr(inputs, name)
+        if value is not None and value.shape[0] != batch:
+            raise ValueError(f"{name} has {value.shape[0]} people, keypoints {batch}")
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contain NaN/Inf")
+    if aux is not None and aux.batch_size != batch:
+        raise ValueError(f"aux prediction has {aux.batch_size} people, keypoints {batch}")
+    if config.scope == "full" and inputs.images is None:
+        _require_images(inputs)
+
+
+def _notify(on_step: Callable[[int, int], None] | None, step: int, total: int) -> None:
+    if on_step is not None:
+        on_step(step, total)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """BatchNorm statistics and dropout frozen during the TTO (as the reference evaluation)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
