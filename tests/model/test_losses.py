@@ -15,12 +15,12 @@ from model.losses import (
     cam_scale_loss,
     keypoint_2d_loss,
     keypoint_3d_loss,
+    loss_test_u,
+    loss_train,
     points_to_crop_normalized,
     pose_loss,
     project_points,
     reprojection_error_px,
-    loss_test_u,
-    loss_train,
     vertex_loss,
 )
 from model.outputs import BodyOutput, CropInfo, RegressorOutput, SMPLParams
