@@ -287,15 +287,20 @@ def _fit(
     names = adapted_parameter_names(regressor, config.scope, config.head_subset)
     own = dict(module.named_parameters())
     with torch.no_grad():
-        initial = module(x, bbox_info)
         args: tuple[Tensor, ...] = (x, bbox_info)
         if config.scope == "head" and not any(n.startswith("fc1_feat.") for n in names):
             # fc1's feature part stays fixed: compute it once, not in every step.
             args = (x, bbox_info, regressor.head.feature_term(x, bbox_info))
 
-    active = (inputs.keypoints[..., 2] > 0).any(dim=-1)
-    people = [i for i in range(len(active)) if bool(active[i])]
+    active = (inputs.keypoints[..., 2] > 0).any(dim=-1).tolist()
+    people = [i for i, a in enumerate(active) if a]
     records: dict[int, _PersonRecord] = {}
+    skipped = [i for i, a in enumerate(active) if not a]
+    if skipped:  # the regression result is their answer
+        with torch.no_grad():
+            out = module(x[skipped], bbox_info[skipped])
+        for k, i in enumerate(skipped):
+            records[i] = _PersonRecord.skipped_with(out.select(k), SKIP_NO_KEYPOINTS)
     if config.scope == "head" and batched and people:
         groups = [people]
     else:
@@ -315,11 +320,12 @@ def _fit(
         )
         for k, i in enumerate(group):
             records[i] = run.person(k)
-    return _assemble(initial, records, len(active), config.scope)
+    return _assemble([records[i] for i in range(len(active))], config.scope)
 
 
 @dataclass
 class _GroupRun:
+    initial: RegressorOutput
     final: RegressorOutput
     history: list[Tensor]  # each (P,) 2D losses before an update
     final_loss: Tensor  # (P,)
@@ -330,6 +336,7 @@ class _GroupRun:
     def person(self, k: int) -> _PersonRecord:
         steps = int(self.steps_run[k])
         return _PersonRecord(
+            initial=self.initial.select(k),
             final=self.final.select(k),
             history=tuple(float(h[k]) for h in self.history[:steps]),
             final_loss=float(self.final_loss[k]),
@@ -341,12 +348,18 @@ class _GroupRun:
 
 @dataclass(frozen=True)
 class _PersonRecord:
+    initial: RegressorOutput
     final: RegressorOutput
     history: tuple[float, ...]
     final_loss: float
-    test_u: float
+    test_u: float | None
     steps_run: int
     stopped: bool
+    skipped: str | None = None
+
+    @staticmethod
+    def skipped_with(initial: RegressorOutput, reason: str) -> _PersonRecord:
+        return _PersonRecord(initial, initial, (), 0.0, None, 0, False, reason)
 
 
 def _fit_group(
@@ -428,6 +441,7 @@ def _fit_group(
             per_sample=per_sample,
         )
     return _GroupRun(
+        initial=loss0.pred.detach(),
         final=last.pred.detach(),
         history=history,
         final_loss=last.per_sample.detach(),
@@ -481,44 +495,16 @@ def _aux_for(
     return sub, aux_body
 
 
-def _assemble(
-    initial: RegressorOutput, records: dict[int, _PersonRecord], n: int, scope: str
-) -> FitResult:
-    finals: list[RegressorOutput] = []
-    history: list[tuple[float, ...]] = []
-    final_loss: list[float] = []
-    test_u: list[float | None] = []
-    steps: list[int] = []
-    stopped: list[bool] = []
-    skipped: list[str | None] = []
-    for i in range(n):
-        rec = records.get(i)
-        if rec is None:
-            finals.append(initial.select(i))
-            history.append(())
-            final_loss.append(0.0)
-            test_u.append(None)
-            steps.append(0)
-            stopped.append(False)
-            skipped.append(SKIP_NO_KEYPOINTS)
-            continue
-        finals.append(rec.final)
-        history.append(rec.history)
-        final_loss.append(rec.final_loss)
-        test_u.append(rec.test_u)
-        steps.append(rec.steps_run)
-        stopped.append(rec.stopped)
-        skipped.append(None)
-    final = RegressorOutput.cat(finals) if finals else initial
+def _assemble(records: list[_PersonRecord], scope: str) -> FitResult:
     return FitResult(
-        initial=initial.detach(),
-        final=final.detach(),
-        loss_history=tuple(history),
-        final_loss=tuple(final_loss),
-        test_u_loss=tuple(test_u),
-        steps_run=tuple(steps),
-        stopped_early=tuple(stopped),
-        skipped=tuple(skipped),
+        initial=RegressorOutput.cat([r.initial for r in records]).detach(),
+        final=RegressorOutput.cat([r.final for r in records]).detach(),
+        loss_history=tuple(r.history for r in records),
+        final_loss=tuple(r.final_loss for r in records),
+        test_u_loss=tuple(r.test_u for r in records),
+        steps_run=tuple(r.steps_run for r in records),
+        stopped_early=tuple(r.stopped for r in records),
+        skipped=tuple(r.skipped for r in records),
         scope=scope,
     )
 
@@ -565,6 +551,8 @@ def _validate(inputs: TTOInputs, aux: RegressorOutput | None, config: TTOConfig)
     if bool((kp[..., 2] < 0).any()):
         raise ValueError("keypoint confidences must be >= 0")
     batch = kp.shape[0]
+    if batch == 0:
+        raise ValueError("no people to fit: keypoints is empty (B = 0)")
     if inputs.crop.batch_size != batch:
         raise ValueError(f"crop has {inputs.crop.batch_size} people, keypoints {batch}")
     inputs.crop.validate()

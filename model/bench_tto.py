@@ -1,0 +1,318 @@
+"""`metahmr bench tto`: what the test-time optimisation costs per person.
+
+For each backbone (the paper's regressor: width 1.0, head hidden 1024, 256x192 crops):
+
+- forward_ms: ONNX Runtime forward of f_w + f_u (backbone and head graphs), one person;
+- head_tto_ms / full_tto_ms: `model.tto.fit`, step 0 + 14 Adam steps (early stop off), one
+  person, "head" scope (features given, as the worker has them from ONNX) and "full";
+- reference_ms: the same schedule written the way the reference evaluation does it: deep
+  copy of the whole PyTorch network, every step a full forward with a full-mesh body model,
+  SGD via a parameter dict then Adam over all parameters, eager;
+- batch16_ms: "head" scope for 16 people at once;
+
+with random weights (the cost does not depend on them). Timings are medians of `repeats`
+runs after one warm-up, with explicit thread counts for torch and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.checkpoint import random_checkpoint
+from model.config import BackboneConfig, RegressorConfig, TTOConfig
+from model.export import export_checkpoint
+from model.losses import loss_test_u, reprojected_keypoint_loss
+from model.outputs import CropInfo, RegressorOutput, SMPLParams
+from model.regressor import Regressor
+from model.tto import TTOInputs, fit
+
+log = logging.getLogger(__name__)
+
+SECTION = "TTO"
+STEPS = 14
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    backbones: tuple[str, ...] = ("resnet18", "resnet50")
+    repeats: int = 3
+    threads: int = 2
+    device: str = "cpu"
+    people: int = 16
+    head_subset: str = "output"
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: allocator, ORT arenas, autograd caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def _scene(batch: int, body: Any, device: str) -> tuple[TTOInputs, torch.Tensor]:
+    """B people in a 640x480 image with keypoints from a posed body, slightly perturbed."""
+    gen = torch.Generator().manual_seed(0)
+    center = torch.tensor([[320.0, 240.0]]).repeat(batch, 1)
+    crop = CropInfo.from_boxes(
+        center, torch.full((batch,), 360.0), torch.tensor([[480.0, 640.0]]).repeat(batch, 1)
+    )
+    rot = torch.eye(3).repeat(batch, 24, 1, 1)
+    rot[:, 0] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    params = SMPLParams(rot[:, :1], rot[:, 1:], torch.zeros(batch, 10))
+    cam = torch.tensor([[0.9, 0.0, 0.2]]).repeat(batch, 1)
+    with torch.no_grad():
+        kp3d = body.keypoints_only(params).coco17
+        px = _project(kp3d, RegressorOutput(params, cam), crop)
+    noisy = px + 3.0 * torch.randn(px.shape, generator=gen)
+    keypoints = torch.cat([noisy, torch.ones(batch, 17, 1)], -1)
+    images = torch.randn(batch, 3, 256, 192, generator=gen)
+    images = images.to(device)
+    return TTOInputs(keypoints.to(device), crop.to(device), images=images), images
+
+
+def _project(points: torch.Tensor, pred: RegressorOutput, crop: CropInfo) -> torch.Tensor:
+    from model.losses import project_points
+
+    return project_points(points, pred.translation(crop), crop)
+
+
+def _onnx_forward_ms(
+    ckpt: Any, settings: BenchSettings, image: np.ndarray, info: np.ndarray
+) -> float:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_checkpoint(ckpt, tmp)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.threads
+        options.inter_op_num_threads = 1
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if settings.device == "cuda"
+            else ["CPUExecutionProvider"]
+        )
+        sessions = {
+            name: ort.InferenceSession(f"{tmp}/{name}.onnx", options, providers=providers)
+            for name in ("f_w_backbone", "f_w_head", "f_u_backbone", "f_u_head")
+        }
+
+    def forward() -> None:
+        for net in ("f_w", "f_u"):
+            (features,) = sessions[f"{net}_backbone"].run(None, {"image": image})
+            sessions[f"{net}_head"].run(None, {"features": features, "bbox_info": info})
+
+    return _median_ms(forward, settings.repeats)
+
+
+def reference_style_fit(
+    f_w: Regressor,
+    f_u: Regressor,
+    inputs: TTOInputs,
+    body: Any,
+    config: TTOConfig,
+    steps: int = STEPS,
+) -> float:
+    """The reference evaluation's loop for one batch; returns the last 2D loss.
+
+    Deep copy of f_w, a parameter dict for the SGD step 0 on L_test-u (full-mesh body for
+    both nets), then Adam over every parameter on the 2D loss with a full-mesh body forward
+    each step, all eager PyTorch.
+    """
+    assert inputs.images is not None
+    model = copy.deepcopy(f_w)
+    model.eval()
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.adam_lr, betas=config.adam_betas)
+    bbox_info = inputs.crop.bbox_info()
+    loss = torch.zeros(())
+    for step in range(steps + 1):
+        pred = model(inputs.images, bbox_info)
+        pred_body = body(pred.params)  # full mesh every step, as the reference does
+        if step == 0:
+            with torch.no_grad():
+                aux = f_u(inputs.images, bbox_info)
+                aux_body = body(aux.params)
+            terms = loss_test_u(
+                pred, pred_body, inputs.keypoints, inputs.crop, config.loss_weights, aux, aux_body
+            )
+            grads = torch.autograd.grad(terms.total, list(params.values()), allow_unused=True)
+            with torch.no_grad():
+                for (name, p), g in zip(params.items(), grads, strict=True):
+                    if g is not None:
+                        params[name].copy_(p - config.sgd_lr * g)  # "write_params"
+            continue
+        loss = reprojected_keypoint_loss(pred, pred_body, inputs.keypoints, inputs.crop)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss)
+
+
+def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, Any]:
+    config = RegressorConfig(BackboneConfig(name, 1.0), hidden=1024)
+    ckpt = random_checkpoint(config, with_detector=False, body_model_id=body.id)
+    device = settings.device
+    f_w, f_u = ckpt.build_f_w(device), ckpt.build_f_u(device)
+    assert f_u is not None
+    one, image = _scene(1, body, device)
+    many, images_many = _scene(settings.people, body, device)
+    info = one.crop.bbox_info()
+    with torch.no_grad():
+        features = f_w.backbone(image)
+        aux = f_u(image, info)
+        features_many = f_w.backbone(images_many)
+        aux_many = f_u(images_many, many.crop.bbox_info())
+    base = TTOConfig(steps=STEPS, early_stop=0.0, head_subset=settings.head_subset)
+    head_in = replace(one, images=None, features=features)
+    many_in = replace(many, images=None, features=features_many)
+    result: dict[str, Any] = {
+        "backbone": name,
+        "input": "1x3x256x192",
+        "head_subset": settings.head_subset,
+    }
+    result["forward_ms"] = _onnx_forward_ms(ckpt, settings, image.cpu().numpy(), info.cpu().numpy())
+    result["head_tto_ms"] = _median_ms(lambda: fit(f_w, head_in, body, base, aux), settings.repeats)
+    other = "all" if settings.head_subset == "output" else "output"
+    result[f"head_tto_{other}_ms"] = _median_ms(
+        lambda: fit(f_w, head_in, body, replace(base, head_subset=other), aux), settings.repeats
+    )
+    full = replace(base, scope="full")
+    result["full_tto_ms"] = _median_ms(lambda: fit(f_w, one, body, full, aux), settings.repeats)
+    result["reference_ms"] = _median_ms(
+        lambda: reference_style_fit(f_w, f_u, one, body, full), settings.repeats
+    )
+    result["batch16_ms"] = _median_ms(
+        lambda: fit(f_w, many_in, body, base, aux_many), settings.repeats
+    )
+    result["head_tto_overhead"] = result["head_tto_ms"] / result["forward_ms"]
+    result["speedup_vs_reference"] = result["reference_ms"] / (
+        result["forward_ms"] + result["head_tto_ms"]
+    )
+    result["batch16_over_single"] = result["batch16_ms"] / result["head_tto_ms"]
+    result["people_per_s_batch1"] = 1000.0 / (result["forward_ms"] + result["head_tto_ms"])
+    log.info(
+        "%s: %s", name, {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+    )
+    return result
+
+
+def machine_info(settings: BenchSettings) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": settings.threads,
+        "device": settings.device,
+        "note": "shared machine: other processes may have been running during the timings",
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if settings.device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
+    from model.body import load_body_model
+
+    torch.set_num_threads(settings.threads)
+    machine = machine_info(settings)
+    body = load_body_model().to(settings.device)
+    results = [bench_backbone(name, settings, body) for name in settings.backbones]
+    return {"results": results, "machine": machine, "body_model": body.id}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = [
+        "| backbone | ONNX fwd f_w+f_u (ms) | head TTO (ms) | full TTO (ms) | reference-style (ms) "
+        "| 16 people head TTO (ms) | head TTO / fwd | speed-up vs reference | 16 / 1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        rows.append(
+            f"| {r['backbone']} | {r['forward_ms']:.1f} | {r['head_tto_ms']:.1f} | "
+            f"{r['full_tto_ms']:.0f} | {r['reference_ms']:.0f} | {r['batch16_ms']:.1f} | "
+            f"{r['head_tto_overhead']:.2f} | {r['speedup_vs_reference']:.1f}x | "
+            f"{r['batch16_over_single']:.2f} |"
+        )
+    m = report["machine"]
+    subset = report["results"][0]["head_subset"] if report["results"] else "?"
+    other = [
+        f"{r['backbone']}: {v:.1f} ms"
+        for r in report["results"]
+        for k, v in r.items()
+        if k.startswith("head_tto_") and k.endswith("_ms") and k != "head_tto_ms"
+    ]
+    lines = [
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, "
+        f"{m['threads']} threads, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        + f"; load average at start {m.get('load_average_at_start')}. {m['note'].capitalize()}.",
+        "",
+        f"Per person, 256x192 crop, step 0 + {STEPS} Adam steps (early stop off), head hidden "
+        f"1024, body model `{report['body_model']}`. Head scope adapts the `{subset}` "
+        "subset of the head (features from ONNX, fixed); other subset: "
+        + ", ".join(other)
+        + ". Reference-style = deep copy + all parameters + full-mesh body every step.",
+        "",
+        *rows,
+        "",
+        "Targets: head TTO / fwd <= 0.5; speed-up vs reference >= 10x; 16 / 1 <= 4.",
+    ]
+    return "\n".join(lines)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (written next to its results)."""
+    parts = ["metahmr", "bench", "tto", "--backbones", args.backbones]
+    parts += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    parts += ["--device", args.device]
+    if args.json:
+        parts += ["--json", str(args.json)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = BenchSettings(
+        backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+    )
+    report = run_benchmark(settings)
+    report["command"] = command_line(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.no_doc:
+        from service.benchdoc import write_section
+
+        name = SECTION if settings.device == "cpu" else f"{SECTION} ({settings.device})"
+        write_section(Path(args.doc), name, render_markdown(report))
+    return 0

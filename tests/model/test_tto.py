@@ -1,0 +1,279 @@
+"""Specification of model/tto.py: the staged fit, scopes, batching, early stop, bad input,
+and the functional inner step that meta-training shares.
+
+The networks here are randomly initialised, so "the TTO helps" is checked on a synthetic
+target: the body model posed with known parameters, its keypoints projected through a
+known camera plus noise. The test schedule uses larger learning rates than the reference
+settings (1e-5) so that a few steps from random weights move the fit visibly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model.config import BackboneConfig, LossWeights, RegressorConfig, TTOConfig
+from model.geometry import axis_angle_to_rotmat
+from model.losses import project_points, reprojected_keypoint_loss, reprojection_error_px
+from model.outputs import CropInfo, RegressorOutput, SMPLParams
+from model.regressor import build_regressor
+from model.tto import (
+    SKIP_NO_KEYPOINTS,
+    StepBatch,
+    TTOInputs,
+    adapted_parameter_names,
+    fit,
+    inner_step,
+    step_loss,
+)
+
+body_module = pytest.importorskip("model.body", reason="model.body not written yet")
+
+torch.set_num_threads(1)
+
+TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
+FAST = TTOConfig(sgd_lr=1e-4, adam_lr=3e-3, steps=10, early_stop=0.0)
+
+
+@pytest.fixture(scope="module")
+def body() -> object:
+    return body_module.load_body_model()
+
+
+@pytest.fixture(scope="module")
+def nets() -> tuple[object, object]:
+    return build_regressor(TINY, seed=0).eval(), build_regressor(TINY, seed=1).eval()
+
+
+def synthetic_people(body: object, batch: int, seed: int = 0, noise_px: float = 2.0):
+    """Known SMPL parameters and camera -> COCO-17 keypoints (+ noise) in a 640x480 image."""
+    gen = torch.Generator().manual_seed(seed)
+    aa = 0.25 * torch.randn(batch, 24, 3, generator=gen)
+    aa[:, 0] += torch.tensor([torch.pi, 0.0, 0.0])
+    rot = axis_angle_to_rotmat(aa)
+    params = SMPLParams(rot[:, :1], rot[:, 1:], 0.5 * torch.randn(batch, 10, generator=gen))
+    cam = torch.tensor([[0.8, 0.05, 0.1]]) + 0.05 * torch.randn(batch, 3, generator=gen)
+    center = torch.tensor([[320.0, 240.0]]) + 20 * torch.randn(batch, 2, generator=gen)
+    crop = CropInfo.from_boxes(
+        center, torch.full((batch,), 300.0), torch.tensor([[480.0, 640.0]]).repeat(batch, 1)
+    )
+    with torch.no_grad():
+        kp3d = body.keypoints_only(params).coco17
+        px = project_points(kp3d, RegressorOutput(params, cam).translation(crop), crop)
+    px = px + noise_px * torch.randn(px.shape, generator=gen)
+    keypoints = torch.cat([px, torch.ones(batch, 17, 1)], -1)
+    images = torch.randn(batch, 3, 256, 192, generator=gen)
+    return TTOInputs(keypoints, crop, images=images), keypoints
+
+
+def reprojection(body: object, pred: RegressorOutput, inputs: TTOInputs) -> torch.Tensor:
+    kp3d = body.keypoints_only(pred.params).coco17
+    px = project_points(kp3d, pred.translation(inputs.crop), inputs.crop)
+    return reprojection_error_px(px, inputs.keypoints)
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_tto_lowers_the_reprojection_error(body, nets, scope: str) -> None:
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 2)
+    with torch.no_grad():
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    result = fit(f_w, inputs, body, replace(FAST, scope=scope), aux)
+    before = reprojection(body, result.initial, inputs)
+    after = reprojection(body, result.final, inputs)
+    assert result.scope == scope and result.steps_run == (11, 11)
+    assert (after < 0.7 * before).all(), (before, after)
+    for history, final in zip(result.loss_history, result.final_loss, strict=True):
+        assert final < history[0]
+
+
+@pytest.mark.parametrize("subset", ["all", "output"])
+def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) -> None:
+    f_w, f_u = nets
+    inputs, keypoints = synthetic_people(body, 4, seed=1)
+    keypoints[2, :, 2] = 0.0  # skipped
+    keypoints[3, 5:, 2] = 0.3
+    inputs = replace(inputs, keypoints=keypoints)
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images)
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    head_inputs = replace(inputs, images=None, features=features)
+    config = replace(FAST, head_subset=subset, early_stop=1e-4)
+    batched = fit(f_w, head_inputs, body, config, aux, batched=True)
+    looped = fit(f_w, head_inputs, body, config, aux, batched=False)
+    for a, b in [
+        (batched.final.params.rotmats(), looped.final.params.rotmats()),
+        (batched.final.params.betas, looped.final.params.betas),
+        (batched.final.crop_cam, looped.final.crop_cam),
+    ]:
+        assert (a - b).abs().max() <= 1e-5
+    assert batched.steps_run == looped.steps_run
+    assert batched.skipped == looped.skipped == (None, None, SKIP_NO_KEYPOINTS, None)
+    for ha, hb in zip(batched.loss_history, looped.loss_history, strict=True):
+        assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
+    assert (batched.final.crop_cam - batched.initial.crop_cam).abs().max() > 1e-3  # it moved
+
+
+def test_early_stop_fires_and_keeps_the_last_step(body, nets) -> None:
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 2, seed=2)
+    stopped = fit(f_w, inputs, body, replace(FAST, early_stop=10.0))
+    assert stopped.steps_run == (2, 2) and stopped.stopped_early == (True, True)
+    assert all(len(h) == 2 for h in stopped.loss_history)
+    two = fit(f_w, inputs, body, replace(FAST, steps=1, early_stop=0.0))
+    assert torch.allclose(stopped.final.crop_cam, two.final.crop_cam, atol=1e-6)
+    full = fit(f_w, inputs, body, FAST)
+    assert full.steps_run == (11, 11) and full.stopped_early == (False, False)
+
+
+def test_result_records_losses_of_the_initial_and_final_prediction(body, nets) -> None:
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 1, seed=3)
+    with torch.no_grad():
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    calls: list[tuple[int, int]] = []
+    result = fit(f_w, inputs, body, FAST, aux, on_step=lambda s, t: calls.append((s, t)))
+    assert calls == [(s, 11) for s in range(1, 12)]
+
+    def loss_2d(pred: RegressorOutput) -> float:
+        body_out = body.keypoints_only(pred.params)
+        return float(reprojected_keypoint_loss(pred, body_out, inputs.keypoints, inputs.crop))
+
+    assert result.loss_history[0][0] == pytest.approx(loss_2d(result.initial), rel=1e-4)
+    assert result.final_loss[0] == pytest.approx(loss_2d(result.final), rel=1e-4)
+    assert result.loss_start(0) == result.loss_history[0][0]
+    # Step 0's L_test-u weighs the 2D term by 5 and adds agreement with f_u.
+    assert result.test_u_loss[0] > 5 * result.loss_history[0][0]
+    assert len(result.loss_history[0]) == result.steps_run[0] == 11
+
+
+def test_tto_leaves_the_network_and_its_mode_alone(body, nets) -> None:
+    f_w, _ = nets
+    before = {k: v.clone() for k, v in f_w.state_dict().items()}
+    f_w.train()
+    inputs, _ = synthetic_people(body, 1, seed=4)
+    try:
+        fit(f_w, inputs, body, replace(FAST, scope="full", steps=2))
+        assert f_w.training
+    finally:
+        f_w.eval()
+    after = f_w.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in f_w.parameters())
+
+
+def test_all_zero_confidences_skip_the_tto(body, nets) -> None:
+    f_w, _ = nets
+    inputs, keypoints = synthetic_people(body, 2, seed=5)
+    keypoints[:, :, 2] = 0.0
+    result = fit(f_w, replace(inputs, keypoints=keypoints), body, FAST)
+    assert result.skipped == (SKIP_NO_KEYPOINTS, SKIP_NO_KEYPOINTS)
+    assert result.steps_run == (0, 0) and result.test_u_loss == (None, None)
+    assert torch.equal(result.final.crop_cam, result.initial.crop_cam)
+
+
+def test_bad_input_is_rejected_with_a_clear_message(body, nets) -> None:
+    f_w, _ = nets
+    inputs, keypoints = synthetic_people(body, 2, seed=6)
+    nan = keypoints.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        fit(f_w, replace(inputs, keypoints=nan), body, FAST)
+    with pytest.raises(ValueError, match=r"\(B, 17, 3\)"):
+        fit(f_w, replace(inputs, keypoints=keypoints[:, :16]), body, FAST)
+    with pytest.raises(ValueError, match=r"\(B, 25, 3\)"):
+        fit(f_w, replace(inputs, keypoint_format="openpose25"), body, FAST)
+    with pytest.raises(ValueError, match="convert_keypoints"):
+        fit(f_w, replace(inputs, keypoint_format="mediapipe33"), body, FAST)
+    negative = keypoints.clone()
+    negative[0, 0, 2] = -1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        fit(f_w, replace(inputs, keypoints=negative), body, FAST)
+    crop = inputs.crop
+    degenerate = replace(crop, box_size=torch.tensor([300.0, 0.0]))
+    with pytest.raises(ValueError, match="degenerate box"):
+        fit(f_w, replace(inputs, crop=degenerate), body, FAST)
+    with pytest.raises(ValueError, match="crop has 1 people"):
+        fit(f_w, replace(inputs, crop=crop.select(0)), body, FAST)
+    with pytest.raises(ValueError, match="TTOInputs.images"):
+        fit(f_w, replace(inputs, images=None), body, replace(FAST, scope="full"))
+    with pytest.raises(ValueError, match="valid scopes"):
+        TTOConfig(scope="everything")
+
+
+# --- the functional inner step (shared with meta-training) ---------------------------------
+
+
+def _head_batch(body, f_w, f_u, batch: int, seed: int) -> StepBatch:
+    inputs, keypoints = synthetic_people(body, batch, seed=seed)
+    info = inputs.crop.bbox_info()
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images)
+        aux = f_u(inputs.images, info)
+        aux_body = body(aux.params)
+    return StepBatch((features, info), keypoints, inputs.crop, "coco17", aux, aux_body)
+
+
+def test_inner_step_first_and_second_order_gradients(body, nets) -> None:
+    f_w, f_u = nets
+    batch = _head_batch(body, f_w, f_u, 2, seed=7)
+    head = f_w.head
+    names = ["decpose.weight", "deccam.weight", "deccam.bias"]
+    w = LossWeights()
+
+    def outer_grads(first_order: bool) -> list[torch.Tensor]:
+        live = dict(head.named_parameters())
+        params = {n: live[n] for n in names}
+        adapted, inner = inner_step(
+            head, params, batch, body, lr=1e-2, weights=w, first_order=first_order
+        )
+        assert inner.loss.requires_grad
+        outer = step_loss(head, adapted, batch, body, objective="2d", weights=w).loss
+        return list(torch.autograd.grad(outer, [live[n] for n in names]))
+
+    first, second = outer_grads(True), outer_grads(False)
+    assert all(torch.isfinite(g).all() for g in first + second)
+    assert any((a - b).abs().max() > 1e-7 for a, b in zip(first, second, strict=True))
+    # First order = the outer gradient evaluated at the adapted weights.
+    live = dict(head.named_parameters())
+    params = {n: live[n].detach().clone().requires_grad_(True) for n in names}
+    adapted, _ = inner_step(head, params, batch, body, lr=1e-2, weights=w)
+    at_adapted = {n: p.detach().requires_grad_(True) for n, p in adapted.items()}
+    outer = step_loss(head, at_adapted, batch, body, objective="2d", weights=w).loss
+    direct = torch.autograd.grad(outer, list(at_adapted.values()))
+    for a, b in zip(first, direct, strict=True):
+        assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_per_sample_inner_step_equals_one_sample_at_a_time(body, nets) -> None:
+    f_w, f_u = nets
+    batch = _head_batch(body, f_w, f_u, 3, seed=8)
+    head = f_w.head
+    names = adapted_parameter_names(f_w, "head", "all")
+    own = dict(head.named_parameters())
+    stacked = {n: own[n].detach().expand(3, *own[n].shape).clone().requires_grad_() for n in names}
+    w = LossWeights()
+    together, loss = inner_step(head, stacked, batch, body, lr=1e-3, weights=w, per_sample=True)
+    assert loss.per_sample.shape == (3,)
+    for i in range(3):
+        one = StepBatch(
+            tuple(a[i : i + 1] for a in batch.args),
+            batch.keypoints[i : i + 1],
+            batch.crop.select(i),
+            "coco17",
+            batch.aux.select(i),
+            replace(
+                batch.aux_body,
+                vertices=batch.aux_body.vertices[i : i + 1],
+                joints=batch.aux_body.joints[i : i + 1],
+                coco17=batch.aux_body.coco17[i : i + 1],
+                openpose25=batch.aux_body.openpose25[i : i + 1],
+            ),
+        )
+        single = {n: own[n].detach().clone().requires_grad_() for n in names}
+        alone, loss_i = inner_step(head, single, one, body, lr=1e-3, weights=w)
+        assert loss_i.loss.item() == pytest.approx(loss.per_sample[i].item(), rel=1e-5)
+        for n in names:
+            assert (together[n][i] - alone[n]).abs().max() < 1e-6
