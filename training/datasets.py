@@ -42,8 +42,8 @@ SPIN24_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class HMRSample:
-    """One person, ready for the network. Shapes as in `HMRBatch` without the batch dim."""
+class _PersonTensors:
+    """The tensors of one person (`HMRSample`) or, stacked, of a batch (`HMRBatch`)."""
 
     image: Tensor
     center: Tensor
@@ -66,6 +66,11 @@ class HMRSample:
 
 
 @dataclass(frozen=True)
+class HMRSample(_PersonTensors):
+    """One person, ready for the network. Shapes as in `HMRBatch` without the batch dim."""
+
+
+@dataclass(frozen=True)
 class Skipped:
     """An item whose image could not be read (path and why)."""
 
@@ -74,7 +79,7 @@ class Skipped:
 
 
 @dataclass(frozen=True)
-class HMRBatch:
+class HMRBatch(_PersonTensors):
     """A batch of B people. Full-image quantities are in the *augmented* image's frame.
 
     image: (B, 3, 256, 192) float32 RGB in [0, 1] (normalisation belongs to the network).
@@ -93,24 +98,6 @@ class HMRBatch:
     skipped: paths of images dropped from this batch because they could not be read.
     """
 
-    image: Tensor
-    center: Tensor
-    box_size: Tensor
-    img_hw: Tensor
-    focal_length: Tensor
-    bbox_info: Tensor
-    crop_affine: Tensor
-    keypoints2d: Tensor
-    keypoints2d_box: Tensor
-    joints2d: Tensor
-    joints3d: Tensor
-    pose: Tensor
-    betas: Tensor
-    cam_t: Tensor
-    has_smpl: Tensor
-    has_joints3d: Tensor
-    has_cam_t: Tensor
-    index: Tensor
     skipped: tuple[str, ...] = ()
 
     @property

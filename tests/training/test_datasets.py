@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-# model.keypoints lands with the body-model work (issue 2); until then this module is skipped.
-get_format = pytest.importorskip("model.keypoints").get_format
 from PIL import Image
 
 from model.crop import apply_affine, crop_affine
 from training.augment import NO_AUGMENT, AugmentConfig, augment_and_crop, flip_person, roll_labels
 from training.datasets import SPIN24_NAMES, HMRBatch, HMRDataset, collate_samples, load_annotations
 from training.synth.writer import SynthJob, synthesize
+
+# model.keypoints lands with the body-model work (issue 2); until then this module is skipped.
+get_format = pytest.importorskip("model.keypoints").get_format
 
 
 @pytest.fixture(scope="module")
