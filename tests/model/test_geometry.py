@@ -195,7 +195,7 @@ def test_cam_crop2full_matches_full_perspective_projection(center, box_size, cro
 
 def test_cam_crop2full_matches_projecting_a_posed_body():
     """The same check on the bundled body model, posed, at a typical crop scale."""
-    body = pytest.importorskip("model.body")
+    from model import body
     from model.outputs import SMPLParams
 
     f64 = torch.float64

@@ -274,9 +274,9 @@ def posed_body_in_camera(transl=(0.15, -0.1, 5.0)):
     """The bundled body model, arms and one knee bent, upright and facing the camera.
 
     Returns (vertices (V, 3), faces (F, 3), joints (24, 3), coco17 (17, 3)) in metres in
-    the camera frame. Skips while the body model is not available.
+    the camera frame.
     """
-    body = pytest.importorskip("model.body")
+    from model import body
     from model.geometry import axis_angle_to_rotmat
     from model.outputs import SMPLParams
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from model.body import load_body_model
 from model.config import BackboneConfig, LossWeights, RegressorConfig, TTOConfig
 from model.geometry import axis_angle_to_rotmat
 from model.losses import project_points, reprojected_keypoint_loss, reprojection_error_px
@@ -29,8 +30,6 @@ from model.tto import (
     step_loss,
 )
 
-body_module = pytest.importorskip("model.body", reason="model.body not written yet")
-
 torch.set_num_threads(1)
 
 TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
@@ -39,7 +38,7 @@ FAST = TTOConfig(sgd_lr=1e-4, adam_lr=3e-3, steps=10, early_stop=0.0)
 
 @pytest.fixture(scope="module")
 def body() -> object:
-    return body_module.load_body_model()
+    return load_body_model()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 
 from model.crop import apply_affine, crop_affine
+from model.keypoints import get_format
 from training.augment import NO_AUGMENT, AugmentConfig, augment_and_crop, flip_person, roll_labels
 from training.datasets import SPIN24_NAMES, HMRBatch, HMRDataset, collate_samples, load_annotations
 from training.synth.writer import SynthJob, synthesize
-
-# model.keypoints lands with the body-model work (issue 2); until then this module is skipped.
-get_format = pytest.importorskip("model.keypoints").get_format
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +78,6 @@ def test_flip_swaps_left_and_right(synth_dir: Path) -> None:
 
 def test_flipped_smpl_pose_gives_the_mirrored_body(synth_dir: Path) -> None:
     from model.body import load_body_model
-
     from model.geometry import axis_angle_to_rotmat
     from model.outputs import SMPLParams
 

@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The writer renders bodies: skipped until model.body lands (issue 2).
-pytest.importorskip("model.body")
-
 from training.synth.writer import ANNOTATION_FIELDS, SynthJob, shard_path, synthesize
 
 
@@ -87,8 +84,8 @@ def test_stored_3d_joints_reproject_onto_stored_2d_keypoints(synth_dir: Path) ->
 
 def test_stored_smpl_reproduces_the_stored_joints(synth_dir: Path) -> None:
     import torch
-    from model.body import load_body_model
 
+    from model.body import load_body_model
     from model.geometry import axis_angle_to_rotmat
     from model.outputs import SMPLParams
 

@@ -71,6 +71,7 @@ class SynthEngine:
 
     def __init__(self, split: SplitConfig, body=None) -> None:
         import torch
+
         from model.body import load_body_model
 
         torch.set_num_threads(1)  # determinism and no oversubscription across workers

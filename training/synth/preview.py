@@ -70,8 +70,8 @@ def make_contact_sheet(
 ) -> Image.Image:
     """A grid image of `num` people drawn evenly from the data sets in `sources`."""
     import torch
-    from model.keypoints import get_format
 
+    from model.keypoints import get_format
     from training.datasets import HMRDataset
 
     names = get_format("coco17").names
@@ -80,7 +80,6 @@ def make_contact_sheet(
     body = renderer = None
     if mesh:
         from model.body import load_body_model
-
         from model.render import Renderer
 
         body = load_body_model().eval()
