@@ -6,10 +6,12 @@ Written to ``DIR``:
 - ``f_w_head.onnx`` / ``f_u_head.onnx``: ``features (N, F)``, ``bbox_info (N, 3)`` ->
   ``rotmat (N, 24, 3, 3)``, ``betas (N, 10)``, ``crop_cam (N, 3)``;
 - ``detector.onnx``: ``image (N, 3, 256, 192)`` -> ``heatmaps (N, 17, 64, 48)``;
+- ``checkpoint.pt``: the checkpoint itself (copied, or saved when exported from memory):
+  the worker's TTO runs f_w in PyTorch, so an export directory is self-contained;
 - ``manifest.json``: every graph's inputs/outputs (names, shapes with "N" for the dynamic
   batch, dtypes), model name/version, body model id, TTO scope and settings, opset, input
-  normalisation, and the checkpoint's sha256 so the worker can check that its PyTorch copy
-  (used for the TTO) matches the graphs.
+  normalisation, and the checkpoint's file name and sha256 so the worker can check that its
+  PyTorch copy (used for the TTO) matches the graphs.
 
 Exporter: the legacy TorchScript-based one (``dynamo=False``), chosen deliberately. On this
 torch 2.13 the dynamo exporter needs the extra `onnxscript` package (not installed here),
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from model.backbones import IMAGENET_MEAN, IMAGENET_STD
-from model.checkpoint import Checkpoint
+from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import to_dict
 from model.keypoint_detector import COCO17_FLIP_PERM, KeypointDetector
 from model.regressor import Regressor
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 MANIFEST = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.pt"
 MANIFEST_FORMAT = "metahmr-onnx"
 MANIFEST_VERSION = 1
 BATCH = "N"
@@ -183,6 +187,7 @@ def build_manifest(
         },
         "graphs": graphs,
         "metrics": ckpt.metrics,
+        "checkpoint_file": CHECKPOINT_FILE,
         "checkpoint_sha256": checkpoint_sha256,
     }
     if ckpt.detector_config is not None:
@@ -209,14 +214,20 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     checkpoint_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Export every graph of `ckpt` into out_dir and write the manifest; returns it."""
+    """Export every graph of `ckpt` into out_dir, put the checkpoint next to them (a copy of
+    `checkpoint_path`, else `ckpt` saved) and write the manifest; returns it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(ckpt)
     for spec in specs:
         export_graph(spec, out / spec.file, opset)
         log.info("exported %s", out / spec.file)
-    sha = None if checkpoint_path is None else file_sha256(checkpoint_path)
+    target = out / CHECKPOINT_FILE
+    if checkpoint_path is None:
+        save_checkpoint(ckpt, target)
+    elif Path(checkpoint_path).resolve() != target.resolve():
+        shutil.copyfile(checkpoint_path, target)
+    sha = file_sha256(target)
     manifest = build_manifest(ckpt, specs, opset, sha)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
