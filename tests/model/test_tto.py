@@ -276,3 +276,45 @@ def test_per_sample_inner_step_equals_one_sample_at_a_time(body, nets) -> None:
         assert loss_i.loss.item() == pytest.approx(loss.per_sample[i].item(), rel=1e-5)
         for n in names:
             assert (together[n][i] - alone[n]).abs().max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def rendered_person(body):
+    """A rendered synthetic person (test split), its crop and detector-like noisy keypoints."""
+    import numpy as np
+
+    from model.backbones import normalize_crops
+    from model.crop import crop_image
+    from training.keypoint_noise import detector_noise
+    from training.synth.engine import SynthEngine
+    from training.synth.splits import split_config
+
+    engine = SynthEngine(split_config("test"), body=body)
+    try:
+        sample = engine.sample(seed=7, index=0)
+    finally:
+        engine.close()
+    labels = sample.labels
+    center = torch.tensor(labels["center"], dtype=torch.float32)[None]
+    box_size = torch.tensor([float(labels["scale"]) * 200.0])
+    img_hw = torch.tensor([[float(labels["img_h"]), float(labels["img_w"])]])
+    crop = CropInfo.from_boxes(center, box_size, img_hw, torch.tensor([float(labels["focal_length"])]))
+    pixels, _ = crop_image(sample.image, labels["center"], float(box_size))
+    images = torch.from_numpy(normalize_crops(pixels[None]))
+    clean = torch.tensor(labels["coco17"], dtype=torch.float32)[None]
+    box = labels["bbox"]
+    noisy = detector_noise(clean, torch.tensor([float(box[3] - box[1])]), torch.Generator().manual_seed(0))
+    assert np.isfinite(noisy.numpy()).all() and (noisy[..., 2] > 0).sum() >= 8
+    return TTOInputs(noisy, crop, images=images)
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_tto_on_a_rendered_person_lowers_the_reprojection_error(body, nets, rendered_person, scope):
+    f_w, f_u = nets
+    inputs = rendered_person
+    with torch.no_grad():
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    result = fit(f_w, inputs, body, replace(FAST, scope=scope), aux)
+    before = reprojection(body, result.initial, inputs)
+    after = reprojection(body, result.final, inputs)
+    assert (after < 0.8 * before).all(), (before, after)
