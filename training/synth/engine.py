@@ -7,6 +7,7 @@ set is the same whatever the number of worker processes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -34,7 +35,7 @@ class Sample:
 
     image: np.ndarray
     jpeg_quality: int
-    labels: dict[str, np.ndarray]
+    labels: dict[str, Any]
 
 
 def body_template(body) -> BodyTemplate:  # body: model.body.BodyModel
@@ -80,7 +81,7 @@ class SynthEngine:
         self.body.eval()
         self.faces = np.asarray(self.body.faces)
         self.template = body_template(self.body)
-        self._renderer = None  # created on first use, in the thread that renders
+        self._renderer: Any = None  # created on first use, in the thread that renders
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -149,9 +150,9 @@ class SynthEngine:
         hw = background.shape[:2]
         mesh = MeshSpec(vertices=vertices.astype(np.float32), faces=self.faces, vertex_colors=colors)
         light = LightSpec(
-            direction=tuple(float(v) for v in lighting.direction),
+            direction=np.asarray(lighting.direction, dtype=np.float64),
             intensity=lighting.intensity,
-            color=tuple(float(v) for v in lighting.color),
+            color=np.asarray(lighting.color, dtype=np.float64),
             ambient=lighting.ambient,
         )
         if self._renderer is None:
@@ -165,7 +166,7 @@ def _label_row(*, index: int, family: str, pose: np.ndarray, betas: np.ndarray,
                transl: np.ndarray, joints: np.ndarray, focal: float, hw: tuple[int, int],
                box: np.ndarray, part: np.ndarray, part_vis: np.ndarray, coco: np.ndarray,
                coco_vis: np.ndarray, openpose: np.ndarray, openpose_vis: np.ndarray,
-               ) -> dict[str, np.ndarray]:
+               ) -> dict[str, Any]:
     from model.crop import box_from_xyxy
 
     center, box_size = box_from_xyxy(np.asarray(box, dtype=np.float64), rescale=1.2)

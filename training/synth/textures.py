@@ -64,7 +64,7 @@ def value_noise(rng: np.random.Generator, hw: tuple[int, int], cells: int, octav
     for octave in range(octaves):
         n = cells * 2**octave
         grid = rng.random((max(2, n * h // max(h, w)) + 1, max(2, n * w // max(h, w)) + 1))
-        img = Image.fromarray((grid * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        img = Image.fromarray((grid * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
         out += amp * np.asarray(img, dtype=np.float32) / 255.0
         total += amp
         amp *= 0.5
@@ -153,7 +153,7 @@ def cells(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     pts = np.stack([xs * w / gw, ys * h / gh], axis=-1).reshape(-1, 1, 2)
     label = np.argmin(((pts - seeds[None]) ** 2).sum(-1), axis=1).reshape(gh, gw)
     small = (palette[label] * 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.NEAREST))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.NEAREST))
 
 
 def rings(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
@@ -176,7 +176,7 @@ def photo_crop(rng: np.random.Generator, hw: tuple[int, int], names: tuple[str, 
     ch, cw = max(int(h * scale), 2), max(int(w * scale), 2)
     y0 = int(rng.integers(0, ph - ch + 1))
     x0 = int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(photo[y0:y0 + ch, x0:x0 + cw]).resize((w, h), Image.BILINEAR)
+    crop = Image.fromarray(photo[y0:y0 + ch, x0:x0 + cw]).resize((w, h), Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     # Re-tone through per-channel lookup tables (PIL applies them in C).

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class SynthSummary:
         return (self.written - 1) / busy if self.written > 1 and busy > 0 else 0.0
 
 
-def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
     """np.savez, but reproducible (fixed zip timestamps) and atomic (temp file + rename)."""
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -130,7 +131,7 @@ def _init_worker(job: SynthJob, single_threaded_gl: bool = False) -> None:
     _ENGINE = SynthEngine(split_config(job.split, job.long_side))
 
 
-def _render_one(index: int) -> dict[str, np.ndarray]:
+def _render_one(index: int) -> dict[str, Any]:
     from PIL import Image
 
     assert _ENGINE is not None and _JOB is not None, "worker not initialised"
@@ -152,7 +153,7 @@ def _pending_indices(job: SynthJob, shards: list[int]) -> Iterator[int]:
         yield from range(shard * job.shard_size, min(job.num, (shard + 1) * job.shard_size))
 
 
-def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _stack(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {name: np.stack([np.asarray(r[name]) for r in rows]) for name in ANNOTATION_FIELDS}
 
 
@@ -172,7 +173,7 @@ def synthesize(job: SynthJob, progress: bool = True) -> SynthSummary:
         log.info("resuming: %d of %d shards already complete", total_shards - len(pending), total_shards)
     start = time.perf_counter()
     bar = tqdm(total=job.num, initial=skipped, unit="img", disable=not progress, desc=job.split)
-    rows: list[dict[str, np.ndarray]] = []
+    rows: list[dict[str, Any]] = []
     first = 0.0
     shard_iter = iter(pending)
     current = next(shard_iter, None)
@@ -195,9 +196,10 @@ class _results:
     """Context manager yielding rendered rows in index order, in-process or from a pool."""
 
     def __init__(self, job: SynthJob, indices: Iterator[int]) -> None:
-        self.job, self.indices, self.pool = job, indices, None
+        self.job, self.indices = job, indices
+        self.pool: Any = None
 
-    def __enter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __enter__(self) -> Iterator[dict[str, Any]]:
         if self.job.workers == 0:
             _init_worker(self.job)
             return (_render_one(i) for i in self.indices)
