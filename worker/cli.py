@@ -1,30 +1,71 @@
-"""`metahmr` sub-commands owned by the worker package (parsers only; imports are lazy)."""
+"""`metahmr` sub-commands owned by the worker package (parsers only; imports are lazy).
+
+- ``metahmr assets prepare``: export the shipped model (model/assets/default/model.pt) to
+  ONNX under the cache (``METAHMR_CACHE_DIR``), where the worker finds it.
+- ``metahmr assets example --out docs/img``: the documentation's example photo and its
+  COCO-17 keypoints (a synthetic person; see `training/example.py`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 def _assets_prepare(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from worker.config import get_worker_settings
+    from worker.runtime import SHIPPED_CHECKPOINT, prepare_shipped_model
 
-    ckpt = Path(__file__).resolve().parent.parent / "model" / "assets" / "default"
-    if not ckpt.exists():
+    if not SHIPPED_CHECKPOINT.is_file():
         if not args.quiet:
-            log.info("no shipped model under %s yet: nothing to prepare", ckpt)
+            log.info(
+                "no shipped model at %s: nothing to prepare (the worker needs "
+                "METAHMR_MODEL_DIR, a `metahmr export` output)",
+                SHIPPED_CHECKPOINT,
+            )
         return 0
-    log.info("shipped model found at %s; ONNX export is not implemented yet", ckpt)
+    settings = get_worker_settings()
+    try:
+        out = prepare_shipped_model(settings)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("shipped model ready in %s", out)
+    return 0
+
+
+def _assets_example(args: argparse.Namespace) -> int:
+    from training.example import write_example
+
+    image, keypoints = write_example(args.out, args.seed)
+    log.info("wrote %s and %s", image, keypoints)
     return 0
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
     del groups
-    assets = sub.add_parser("assets", help="derived model assets (ONNX graphs)")
+    assets = sub.add_parser("assets", help="derived model assets (ONNX graphs), example data")
     assets_sub = assets.add_subparsers(dest="assets_cmd", metavar="ACTION", required=True)
-    prep = assets_sub.add_parser("prepare", help="export ONNX graphs from the shipped weights")
-    prep.add_argument("--quiet", action="store_true")
+    prep = assets_sub.add_parser(
+        "prepare",
+        help="export the shipped weights to ONNX for the worker",
+        description="Export model/assets/default/model.pt to ONNX graphs + manifest under "
+        "METAHMR_CACHE_DIR (default ~/.cache/metahmr), checked against PyTorch. Does "
+        "nothing when there is no shipped model or it is already exported.",
+    )
+    prep.add_argument("--quiet", action="store_true", help="say nothing when there is no model")
     prep.set_defaults(func=_assets_prepare)
+    example = assets_sub.add_parser(
+        "example",
+        help="write the docs' example photo + COCO-17 keypoints (a synthetic person)",
+        description="Render one synthetic person (640x480, default focal length) and write "
+        "OUT/example.jpg and OUT/example_keypoints.json, the file `metahmr recover "
+        "--keypoints` reads.",
+    )
+    example.add_argument("--out", type=Path, default=Path("docs/img"), help="output directory")
+    example.add_argument("--seed", type=int, default=2024, help="synthetic engine seed")
+    example.set_defaults(func=_assets_example)

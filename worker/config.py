@@ -5,6 +5,7 @@ Read from `METAHMR_*` environment variables by `get_worker_settings()`, never at
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,12 +14,26 @@ from pydantic import Field, model_validator
 from service.config import Settings
 
 
+def default_cache_dir() -> Path:
+    """Where derived model files go: $XDG_CACHE_HOME/metahmr, else ~/.cache/metahmr."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "metahmr"
+
+
 class WorkerSettings(Settings):
     # "onnx": the model (ONNX Runtime + TTO). "echo": a diagnostics pipeline that checks the
     # queue, store and HTTP path without a model (see worker/pipeline.py).
     pipeline: Literal["onnx", "echo"] = "onnx"
-    model_dir: Path | None = None  # exported model; None: the shipped one
+    model_dir: Path | None = None  # a `metahmr export` directory; None: the shipped model
+    # The shipped model's ONNX export (`metahmr assets prepare`) is written under here.
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    # "cuda": ONNX Runtime's CUDA provider (onnxruntime-gpu) and the TTO on the GPU.
     onnx_provider: Literal["cpu", "cuda"] = "cpu"
+    # Threads per worker *process* (each pool process has its own model): ONNX Runtime
+    # intra-op threads per session, and torch's for the TTO. Explicit, because both default
+    # to every core and `concurrency` processes would oversubscribe the machine.
+    onnx_threads: int = Field(default=2, ge=1, le=64)
+    torch_threads: int = Field(default=2, ge=1, le=64)
     concurrency: int = Field(default=1, ge=1, le=64)
     job_soft_time_limit_s: float = Field(default=300.0, gt=0)
     job_hard_time_limit_s: float = Field(default=330.0, gt=0)
