@@ -122,3 +122,21 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             workers.stop_all()
             server.should_exit = True
             thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `metahmr export` directory of a tiny random-init model whose checkpoint carries a
+    fast TTO schedule (random weights only move visibly with larger learning rates)."""
+    from model.checkpoint import random_checkpoint
+    from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
+    from model.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("model")
+    ckpt = random_checkpoint(
+        RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64),
+        DetectorConfig(BackboneConfig("resnet18", 0.25), deconv_channels=(32, 32, 32)),
+        TTOConfig(sgd_lr=1e-4, adam_lr=3e-3, steps=10, early_stop=0.0),
+    )
+    export_checkpoint(ckpt, out)
+    return out
