@@ -3,11 +3,14 @@
 - `metahmr data synth`: render a synthetic split into a folder (sharded, resumable).
 - `metahmr data preview`: contact sheet of a data set with keypoints and the GT mesh.
 - `metahmr bench synth`: synthetic data throughput, written to docs/benchmarks.md.
+- `metahmr train pretrain|meta|keypoints`: the training stages (DDP under torchrun).
+- `metahmr eval`: the evaluation protocol; writes results.json/.md and the steps plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     bench.add_argument("--no-doc", action="store_true", help="print only, leave the doc alone")
     bench.set_defaults(func=_bench)
 
+    _register_train(sub)
+    _register_eval(sub)
+
 
 def _synth(args: argparse.Namespace) -> int:
     import logging
@@ -77,3 +83,246 @@ def _bench(args: argparse.Namespace) -> int:
     from training.bench_synth import run_bench
 
     return run_bench(args.num, args.workers, args.split, None if args.no_doc else args.doc)
+
+
+# --- training and evaluation ----------------------------------------------------------------
+
+SIZES = ("tiny", "cpu", "paper")
+METHOD_FLAGS = (("pretrained", ("regression", "eft")), ("meta", ("meta",)), ("meta_dual", ("meta-dual",)))
+
+
+def _register_train(sub: Any) -> None:
+    train = sub.add_parser("train", help="training stages: pretrain, meta, keypoints")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    pre = stages.add_parser(
+        "pretrain", help="supervised pre-training of f_w and f_u (L_train)",
+        description="Pre-train f_w and an initial f_u with L_train. Multi-GPU: "
+        "torchrun --nproc_per_node N -m service.cli train pretrain ...",
+    )
+    _data_args(pre)
+    pre.add_argument("--size", choices=SIZES, default="cpu",
+                     help="model size preset: tiny (tests), cpu (resnet18 x0.5), paper (resnet50)")
+    pre.add_argument("--backbone", help="override the preset's backbone (e.g. resnet34)")
+    pre.add_argument("--width", type=float, help="override the backbone width multiplier")
+    pre.add_argument("--hidden", type=int, help="override the head width")
+    pre.add_argument("--crop", type=_hw, help="network crop HxW, e.g. 128x96 (default 256x192)")
+    pre.add_argument("--scope", choices=("head", "full"), default="head",
+                     help="TTO scope recorded in the checkpoint (meta-training's default)")
+    pre.add_argument("--no-aux", action="store_true", help="do not train the auxiliary net f_u")
+    _loop_args(pre, lr=1e-4, warmup=500, batch_size=64)
+    pre.set_defaults(func=_pretrain)
+
+    meta = stages.add_parser(
+        "meta", help="meta-training from a pre-trained checkpoint (inner TTO step, dual nets)",
+    )
+    meta.add_argument("--init", required=True, type=Path, help="pre-trained checkpoint (.pt)")
+    _data_args(meta)
+    meta.add_argument("--inner-lr", type=float, default=1e-5, help="alpha of the inner step")
+    meta.add_argument("--second-order", action="store_true",
+                      help="differentiate through the inner gradient (default: first order)")
+    meta.add_argument("--task", choices=("sample", "batch"), default="sample",
+                      help="inner step per sample (vmap) or the batch as one task")
+    meta.add_argument("--scope", choices=("head", "full"), default="head")
+    meta.add_argument("--no-aux", action="store_true",
+                      help="2D-only inner step, no f_u (the 'meta' ablation)")
+    meta.add_argument("--aux-lr", type=float, help="learning rate of f_u (default: --lr)")
+    meta.add_argument("--keypoint-noise", action="store_true",
+                      help="inner step on ground-truth keypoints with test-time noise")
+    _loop_args(meta, lr=1e-5, warmup=100, batch_size=32)
+    meta.set_defaults(func=_meta)
+
+    kp = stages.add_parser("keypoints", help="train the built-in heatmap keypoint detector")
+    kp.add_argument("--checkpoint", required=True, type=Path,
+                    help="model checkpoint whose detector slot receives the detector")
+    _data_args(kp)
+    kp.add_argument("--save-to", type=Path, help="updated checkpoint (default: --checkpoint)")
+    kp.add_argument("--backbone", default="resnet18")
+    kp.add_argument("--width", type=float, default=1.0)
+    kp.add_argument("--deconv", type=int, default=256, help="channels of the deconvolutions")
+    kp.add_argument("--crop", type=_hw, help="detector crop HxW (default 256x192)")
+    kp.add_argument("--sigma", type=float, default=2.0, help="heatmap Gaussian, in cells")
+    _loop_args(kp, lr=1e-3, warmup=200, batch_size=64)
+    kp.set_defaults(func=_keypoints)
+
+
+def _data_args(p: Any) -> None:
+    p.add_argument("--data", nargs="+", required=True, type=Path,
+                   help="data set folders or .npz files (synthetic or SPIN/CLIFF layout)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, log)")
+
+
+def _loop_args(p: Any, lr: float, warmup: int, batch_size: int) -> None:
+    g = p.add_argument_group("optimisation and loop")
+    g.add_argument("--steps", type=int, default=100_000)
+    g.add_argument("--epochs", type=float, help="overrides --steps")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup", type=int, default=warmup, help="linear warm-up steps")
+    g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="0 = off")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader processes")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
+    g.add_argument("--log-every", type=int, default=50)
+    g.add_argument("--checkpoint-every", type=int, default=1000)
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x192, got {text!r}") from exc
+    return h, w
+
+
+def _optim(args: argparse.Namespace) -> Any:
+    from training.config import OptimConfig
+
+    return OptimConfig(
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
+        schedule=args.schedule, grad_clip=args.grad_clip or None,
+    )
+
+
+def _loop(args: argparse.Namespace) -> Any:
+    import torch
+
+    from training.config import LoopConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return LoopConfig(
+        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, amp=not args.no_amp, seed=args.seed, augment=not args.no_augment,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+    )
+
+
+def _regressor(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from model.config import BackboneConfig, RegressorConfig
+    from training.config import cpu_regressor, paper_regressor
+
+    presets = {"tiny": RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64),
+               "cpu": cpu_regressor(), "paper": paper_regressor()}
+    cfg = presets[args.size]
+    backbone = BackboneConfig(args.backbone or cfg.backbone.name, args.width or cfg.backbone.width)
+    cfg = replace(cfg, backbone=backbone, hidden=args.hidden or cfg.hidden)
+    return replace(cfg, crop_hw=args.crop) if args.crop else cfg
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from model.config import TTOConfig
+    from training.config import PretrainConfig
+    from training.pretrain import run_pretrain
+
+    config = PretrainConfig(
+        data=tuple(str(d) for d in args.data), out_dir=str(args.out), regressor=_regressor(args),
+        tto=TTOConfig(scope=args.scope), optim=_optim(args), loop=_loop(args),
+        train_aux=not args.no_aux,
+    )
+    result = run_pretrain(config, resume=args.resume)
+    logging.getLogger("metahmr.train").info("pre-trained model: %s", result.checkpoint)
+    return 0
+
+
+def _meta(args: argparse.Namespace) -> int:
+    from training.config import MetaConfig
+    from training.meta import run_meta
+
+    config = MetaConfig(
+        init_checkpoint=str(args.init), data=tuple(str(d) for d in args.data),
+        out_dir=str(args.out), inner_lr=args.inner_lr, first_order=not args.second_order,
+        task=args.task, scope=args.scope, use_aux=not args.no_aux, aux_lr=args.aux_lr,
+        keypoint_noise=args.keypoint_noise, optim=_optim(args), loop=_loop(args),
+    )
+    result = run_meta(config, resume=args.resume)
+    logging.getLogger("metahmr.train").info("meta-trained model: %s", result.checkpoint)
+    return 0
+
+
+def _keypoints(args: argparse.Namespace) -> int:
+    from model.config import CROP_HW, BackboneConfig, DetectorConfig
+    from training.config import KeypointTrainConfig
+    from training.keypoints_train import run_keypoints
+
+    detector = DetectorConfig(
+        backbone=BackboneConfig(args.backbone, args.width),
+        deconv_channels=(args.deconv,) * 3, crop_hw=args.crop or CROP_HW,
+    )
+    config = KeypointTrainConfig(
+        checkpoint=str(args.checkpoint), data=tuple(str(d) for d in args.data),
+        out_dir=str(args.out), out=None if args.save_to is None else str(args.save_to),
+        detector=detector, sigma=args.sigma, optim=_optim(args), loop=_loop(args),
+    )
+    run_keypoints(config, resume=args.resume)
+    return 0
+
+
+def _register_eval(sub: Any) -> None:
+    ev = sub.add_parser(
+        "eval", help="evaluate methods x splits x keypoints; writes docs/results.{json,md}",
+        description="The evaluation protocol (ARCHITECTURE section 6): regression, eft, meta "
+        "and meta-dual on the test and shifted splits, against TTO steps.",
+    )
+    ev.add_argument("--pretrained", type=Path, help="pre-trained checkpoint (regression, eft)")
+    ev.add_argument("--meta", type=Path, help="meta-trained checkpoint without f_u (meta)")
+    ev.add_argument("--meta-dual", type=Path, help="meta-trained checkpoint with f_u (meta-dual)")
+    ev.add_argument("--test", type=Path, help="in-domain test split folder")
+    ev.add_argument("--shifted", type=Path, help="domain-shifted split folder")
+    ev.add_argument("--out-dir", type=Path, default=Path("docs"), help="where results go")
+    ev.add_argument("--steps", default="0,1,2,4,7,10,14,20,30",
+                    help="comma-separated Adam step counts for the curve")
+    ev.add_argument("--table-steps", type=int, default=14)
+    ev.add_argument("--keypoints", default="noisy_gt,detector", help="comma-separated sources")
+    ev.add_argument("--scope", choices=("head", "full"), help="default: the meta-dual checkpoint's")
+    ev.add_argument("--detector-checkpoint", type=Path, help="default: first with a detector")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--limit", type=int, help="at most this many samples per split")
+    ev.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.config import EvalConfig
+    from training.evaluate import evaluate, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoints = {m: str(getattr(args, flag)) for flag, methods in METHOD_FLAGS
+                   for m in methods if getattr(args, flag) is not None}
+    splits = {s: str(getattr(args, s)) for s in ("test", "shifted") if getattr(args, s) is not None}
+    if not checkpoints or not splits:
+        logging.getLogger("metahmr.eval").error(
+            "give at least one checkpoint (--pretrained/--meta/--meta-dual) and one split "
+            "(--test/--shifted)"
+        )
+        return 2
+    config = EvalConfig(
+        checkpoints=checkpoints, splits=splits, out_dir=str(args.out_dir),
+        keypoints=tuple(k for k in args.keypoints.split(",") if k),
+        steps=tuple(int(s) for s in args.steps.split(",") if s), table_steps=args.table_steps,
+        scope=args.scope,
+        detector_checkpoint=None if args.detector_checkpoint is None else str(args.detector_checkpoint),
+        batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed,
+        limit=args.limit, progress=not args.no_progress,
+    )
+    result = evaluate(config)
+    for path in write_report(result, config.out_dir, config.table_steps):
+        logging.getLogger("metahmr.eval").info("wrote %s", path)
+    return 0
