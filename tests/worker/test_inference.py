@@ -26,12 +26,14 @@ from model.export import export_checkpoint, file_sha256, load_manifest
 from model.geometry import axis_angle_to_rotmat, perspective_projection
 from model.keypoints import convert_keypoints
 from model.outputs import SMPLParams
+from service.cli import main as metahmr
 from training.example import example_person
 from worker.config import WorkerSettings
 from worker.inference import NO_KEYPOINTS, ZERO_STEPS, OnnxPipeline, build_pipeline, parse_people
 from worker.pipeline import PermanentJobError, PipelineUnavailable, check_pipeline
 from worker.runtime import SHIPPED_CHECKPOINT, prepare_shipped_model
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
 TINY_DET = DetectorConfig(BackboneConfig("resnet18", 0.25), deconv_channels=(32, 32, 32))
 FAST = TTOConfig(sgd_lr=1e-4, adam_lr=3e-3, steps=10, early_stop=0.0)
@@ -331,3 +333,33 @@ def test_mesh_and_overlay_files_hold_every_person(pipeline: OnnxPipeline, person
     assert overlay.format == "PNG" and overlay.size == (640, 480) and overlay.mode == "RGB"
     changed = np.abs(np.asarray(overlay, np.int16) - person["image"]).max(-1) > 0
     assert 0.005 < changed.mean() < 0.9  # meshes drawn over part of the photo
+
+
+def test_a_model_trained_on_another_body_model_is_refused(tmp_path: Path) -> None:
+    ckpt = random_checkpoint(
+        TINY, tto=FAST, body_model_id="SMPL_NEUTRAL:0123456789ab", with_detector=False
+    )
+    export_checkpoint(ckpt, tmp_path)
+    with pytest.raises(PipelineUnavailable, match="METAHMR_BODY_MODEL"):
+        build_pipeline(_settings(tmp_path))
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def test_docs_example_is_what_the_example_command_writes(person, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    committed = json.loads((REPO / "docs" / "img" / "example_keypoints.json").read_text())
+    assert committed["format"] == "coco17"
+    np.testing.assert_allclose(committed["points"], person["keypoints"], atol=0.006)
+    assert Image.open(REPO / "docs" / "img" / "example.jpg").size == (640, 480)
+    assert person["focal"] == pytest.approx(800.0, rel=1e-5)  # the default sqrt(W² + H²)
+    assert metahmr(["assets", "example", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "example_keypoints.json").read_text()) == committed
+    assert Image.open(tmp_path / "example.jpg").size == (640, 480)
+
+
+@pytest.mark.skipif(SHIPPED_CHECKPOINT.exists(), reason="this installation ships a model")
+def test_assets_prepare_without_a_shipped_model_does_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("METAHMR_CACHE_DIR", str(tmp_path))
+    assert metahmr(["assets", "prepare", "--quiet"]) == 0
+    assert list(tmp_path.iterdir()) == []
