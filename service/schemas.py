@@ -60,8 +60,11 @@ class PersonIn(_Strict):
 
 
 class TTOOptions(_Strict):
-    steps: int = Field(
-        default=14, ge=0, le=MAX_TTO_STEPS, description="test-time optimisation steps"
+    steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TTO_STEPS,
+        description="test-time optimisation steps; default: the model's own schedule",
     )
     scope: Literal["head", "full"] | None = Field(
         default=None,

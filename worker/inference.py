@@ -192,7 +192,9 @@ class OnnxPipeline:
                 f"{self.ckpt.tto_scope!r} scope and the two must match; omit tto.scope or "
                 f"send {self.ckpt.tto_scope!r}"
             )
-        steps = tto.get("steps", self.ckpt.tto.steps)
+        steps = tto.get("steps")
+        if steps is None:  # not asked for: the schedule the model was meta-trained with
+            steps = self.ckpt.tto.steps
         if not isinstance(steps, int) or steps < 0:
             raise PermanentJobError(f"tto.steps must be an integer >= 0, got {steps!r}")
         return replace(self.ckpt.tto, steps=steps, num_threads=self.threads)

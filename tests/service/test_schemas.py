@@ -57,7 +57,7 @@ def test_defaults_and_stored_form() -> None:
     options = RecoverOptions.model_validate({"return": ["overlay", "mesh", "mesh"]})
     stored = options.to_job()
     assert stored["return"] == ["mesh", "overlay"]
-    assert stored["tto"] == {"steps": 14, "scope": None}
+    assert stored["tto"] == {"steps": None, "scope": None}  # None: the model's own schedule
     assert stored["people"] == [] and stored["focal_length"] is None
 
 

@@ -232,6 +232,12 @@ def test_zero_steps_is_the_regression_alone(pipeline: OnnxPipeline, person) -> N
     assert "fit" not in [c[0] for c in calls] and out.tto_steps == (0,)
 
 
+def test_steps_not_given_run_the_models_own_schedule(pipeline: OnnxPipeline, person) -> None:  # type: ignore[no-untyped-def]
+    # The service stores steps=None when a request does not ask for a number.
+    out, _ = _run(pipeline, person, _options(person, tto={"steps": None, "scope": None}))
+    assert out.result["people"][0]["fit"]["steps_run"] == 1 + FAST.steps  # early stop is off
+
+
 def test_a_scope_other_than_the_models_is_refused(pipeline: OnnxPipeline, person) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PermanentJobError, match="meta-trained for the 'head' scope"):
         _run(pipeline, person, _options(person, tto={"steps": 2, "scope": "full"}))
