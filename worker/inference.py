@@ -10,7 +10,7 @@ Per request:
    and f_u (pseudo-SMPL for step 0's agreement terms).
 3. **fit**: `model.tto.fit` of f_w in PyTorch, in the checkpoint's scope, from the ONNX
    features; one progress call per TTO step.
-4. **render** (on request): the posed meshes as mesh.obj / mesh.glb (camera frame) and
+4. **render** (on request): the posed meshes as mesh.obj / mesh.glb (camera frame, y up) and
    overlay.png (meshes drawn over the image).
 
 The result is the §5 object. Keypoints in the result (`keypoints_2d`) are the COCO-17 points
@@ -513,11 +513,15 @@ def mesh_files(vertices: np.ndarray, faces: np.ndarray) -> dict[str, bytes]:
     """mesh.obj (one mesh, people concatenated) and mesh.glb (one node per person).
 
     vertices: (B, V, 3) camera frame (x right, y down, z forward), metres. faces: (F, 3).
+    The files use the glTF/OpenGL camera frame (x right, y up, the camera looking down -z):
+    viewers assume y up, and the camera frame's y points down. The change is a 180° turn
+    about x, so the faces keep their winding.
     """
     import trimesh
     from trimesh.exchange.obj import export_obj
 
-    meshes = [trimesh.Trimesh(v, faces, process=False) for v in vertices]
+    to_gl = np.array([1.0, -1.0, -1.0])
+    meshes = [trimesh.Trimesh(v * to_gl, faces, process=False) for v in vertices]
     # 6 decimals: micrometres, and a third less text than trimesh's default 8.
     obj = export_obj(trimesh.util.concatenate(meshes), include_normals=False, digits=6)
     scene = trimesh.Scene()

@@ -330,10 +330,11 @@ def test_mesh_and_overlay_files_hold_every_person(pipeline: OnnxPipeline, person
     first = glb.geometry["person_0"]
     assert first.vertices.shape == (v, 3) and first.faces.shape == (f, 3)
     np.testing.assert_allclose(first.vertices, obj.vertices[:v], atol=1e-5)
-    # Camera frame: the bodies stand in front of the camera, the first one right of the second.
+    # glTF camera frame (y up, looking down -z): the bodies stand in front of the camera,
+    # the first one right of the second.
     t0, t1 = (p["camera"]["translation"] for p in out.result["people"])
-    assert first.vertices[:, 2].min() > 0
-    np.testing.assert_allclose(first.vertices.mean(0), t0, atol=0.5)
+    assert first.vertices[:, 2].max() < 0
+    np.testing.assert_allclose(first.vertices.mean(0), np.asarray(t0) * [1, -1, -1], atol=0.5)
     assert t0[0] > t1[0]
     overlay = Image.open(io.BytesIO(out.files["overlay.png"]))
     assert overlay.format == "PNG" and overlay.size == (640, 480) and overlay.mode == "RGB"
