@@ -45,6 +45,11 @@ RUN python -m pip install '.[worker,gpu]' \
 
 RUN useradd --create-home --uid 10001 metahmr
 USER metahmr
+# Export the shipped model's ONNX graphs into the image (a no-op while none ships), so a new
+# container starts without exporting. Another model: mount a `metahmr export` folder and set
+# METAHMR_MODEL_DIR to it.
+ENV METAHMR_CACHE_DIR=/home/metahmr/.cache/metahmr
+RUN metahmr assets prepare
 
 ENV METAHMR_REDIS_URL=redis://redis:6379/0 \
     METAHMR_ONNX_PROVIDER=cuda
