@@ -103,6 +103,26 @@ def all_reduce_gradients(params: Iterable[Tensor], ctx: DistContext) -> None:
             offset += n
 
 
+def average_buffers(modules: Iterable[nn.Module], ctx: DistContext) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) across ranks, in place.
+
+    Each rank's BatchNorm sees only its own batch; averaging after every update keeps the
+    ranks' statistics identical (DDP instead copies rank 0's; the mean uses every rank's data).
+    """
+    if not ctx.distributed:
+        return
+    bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
 def mean_across_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, float]:
     """Average logged scalars over ranks (every rank must call it)."""
     if not ctx.distributed or not values:

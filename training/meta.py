@@ -184,7 +184,7 @@ class MetaTask:
         self.detector: KeypointDetector | None = init.build_detector()
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"f_w": self.f_w, "body": self.body}
+        mods: dict[str, nn.Module] = {"f_w": self.f_w}
         if self.f_u is not None:
             mods["f_u"] = self.f_u
         return mods
@@ -246,7 +246,7 @@ def run_meta(config: MetaConfig, resume: bool = False, body: BodyModel | None = 
     try:
         torch.manual_seed(config.loop.seed)
         init = load_checkpoint(config.init_checkpoint)
-        body = body if body is not None else load_body_model()
+        body = (body if body is not None else load_body_model()).to(ctx.device)
         if init.body_model_id != body.id:
             log.warning(
                 "%s was trained with body model %s, this run uses %s",

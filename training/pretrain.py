@@ -81,7 +81,7 @@ class PretrainTask:
         self.f_u = build_regressor(config.regressor, seed=seed + 1) if config.train_aux else None
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"f_w": self.f_w, "body": self.body}
+        mods: dict[str, nn.Module] = {"f_w": self.f_w}
         if self.f_u is not None:
             mods["f_u"] = self.f_u
         return mods
@@ -139,7 +139,8 @@ def run_pretrain(
         torch.manual_seed(config.loop.seed)
         dataset = HMRDataset(list(config.data))
         log.info("pre-training on %d samples from %s", len(dataset), ", ".join(config.data))
-        task = PretrainTask(config, body if body is not None else load_body_model())
+        body = (body if body is not None else load_body_model()).to(ctx.device)
+        task = PretrainTask(config, body)
         return train(
             task, dataset, config.loop, config.optim, config.out_dir, ctx, config_dict(config), resume
         )

@@ -44,6 +44,7 @@ from training.datasets import HMRBatch, HMRDataset, HMRSample, Skipped, collate_
 from training.distributed import (
     DistContext,
     all_reduce_gradients,
+    average_buffers,
     broadcast_parameters,
     mean_across_ranks,
 )
@@ -58,7 +59,8 @@ class Task(Protocol):
     stage: str
 
     def modules(self) -> dict[str, nn.Module]:
-        """The networks being trained (moved, broadcast, set to train mode by the loop)."""
+        """The networks being trained (moved to the device and kept identical across ranks
+        by the loop; the body model is not one of them)."""
         ...
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -274,6 +276,7 @@ def train(
             log.warning("step %d: empty batch, no gradient from this process", step)
             scalars = {}
         scalars["grad_norm"] = update(optimizer, scheduler, optim, ctx)
+        average_buffers(task.modules().values(), ctx)
         scalars["lr"] = float(scheduler.get_last_lr()[0])
         done = step + 1
         if done % loop.log_every == 0 or done == total or done == start + 1:

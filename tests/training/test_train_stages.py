@@ -1,0 +1,252 @@
+"""Specification of the training stages: the pre-training and meta-training step functions,
+the shared loop's exact resume, the detector step, and the evaluation rows.
+
+Everything runs on a tiny synthetic split (8 images, small JPEGs) and the TINY regressor of
+tests/model/test_tto.py, at a 128x96 network crop, on one CPU thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import tto
+from model.body import load_body_model
+from model.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+from model.config import BackboneConfig, DetectorConfig, RegressorConfig
+from training.checkpoints import LAST, load_run_checkpoint
+from training.config import (
+    EvalConfig,
+    LoopConfig,
+    MetaConfig,
+    OptimConfig,
+    PretrainConfig,
+)
+from training.datasets import HMRDataset, collate_samples
+from training.evaluate import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, evaluate, write_report
+from training.keypoints_train import crop_keypoints, heatmap_targets
+from training.meta import MetaTask
+from training.pretrain import PretrainTask, run_pretrain
+from training.run_log import LOG_FILE, read_log
+from training.synth.writer import SynthJob, synthesize
+
+torch.set_num_threads(1)
+
+TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64, crop_hw=(128, 96))
+TINY_DETECTOR = DetectorConfig(BackboneConfig("resnet18", 0.25), (32, 32, 32), crop_hw=(128, 96))
+ROW_KEYS = {"split", "keypoints", "method", "scope", "steps", "mpjpe", "pa_mpjpe", "pve", "pck"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stages") / "train"
+    synthesize(SynthJob("train", 8, out, seed=11, workers=0, long_side=160), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def body():
+    return load_body_model()
+
+
+@pytest.fixture(scope="module")
+def batch(data: Path):
+    ds = HMRDataset(data)
+    return collate_samples([ds[i] for i in range(4)])
+
+
+def _loop(**kw) -> LoopConfig:
+    base = dict(steps=4, batch_size=4, workers=0, log_every=1, checkpoint_every=2, progress=False)
+    return LoopConfig(**{**base, **kw})
+
+
+def _pretrain_config(data: Path, out: Path, **loop) -> PretrainConfig:
+    return PretrainConfig(
+        data=(str(data),), out_dir=str(out), regressor=TINY,
+        optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"), loop=_loop(**loop),
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(data: Path, body, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pre")
+    return run_pretrain(_pretrain_config(data, out, steps=2), body=body).checkpoint
+
+
+def _grads_finite(module: torch.nn.Module) -> bool:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return bool(grads) and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_pretrain_step_gives_finite_losses_and_gradients(data, body, batch, tmp_path) -> None:
+    task = PretrainTask(_pretrain_config(data, tmp_path), body)
+    task.train_mode()
+    scalars = task.step(batch)
+    assert all(torch.isfinite(torch.tensor(v)) for v in scalars.values())
+    assert {"loss", "f_w/total", "f_u/total", "f_w/keypoints_2d", "f_u/vertices"} <= set(scalars)
+    assert _grads_finite(task.f_w) and _grads_finite(task.f_u)
+
+
+def test_a_few_pretrain_steps_lower_the_loss_on_a_fixed_batch(data, body, batch, tmp_path) -> None:
+    task = PretrainTask(_pretrain_config(data, tmp_path), body)
+    task.train_mode()
+    task.f_w.eval()  # no dropout noise: the loss of one batch must fall monotonically-ish
+    optimizer = torch.optim.AdamW(task.f_w.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        losses.append(task.step(batch)["loss"])
+        optimizer.step()
+    assert min(losses[-3:]) < 0.8 * losses[0]
+
+
+def test_resume_continues_exactly_from_the_saved_step(data, body, tmp_path) -> None:
+    straight = run_pretrain(_pretrain_config(data, tmp_path / "a", steps=4), body=body)
+    run_pretrain(_pretrain_config(data, tmp_path / "b", steps=2), body=body)
+    _, state = load_run_checkpoint(tmp_path / "b" / LAST)
+    assert state.step == 2 and state.stage == "pretrain"
+    resumed = run_pretrain(_pretrain_config(data, tmp_path / "b", steps=4), resume=True, body=body)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for name in ("f_w", "f_u"):
+        for key, value in getattr(a, name).items():
+            torch.testing.assert_close(getattr(b, name)[key], value, rtol=1e-5, atol=1e-6)
+    steps = [row["step"] for row in read_log(tmp_path / "b" / LOG_FILE)]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_pretrain_checkpoint_records_config_body_scope_and_commit(pretrained, body) -> None:
+    ckpt = load_checkpoint(pretrained)
+    assert ckpt.body_model_id == body.id and ckpt.tto_scope == "head"
+    assert ckpt.regressor_config == TINY and ckpt.f_u is not None
+    assert ckpt.extra["stage"] == "pretrain" and ckpt.extra["step"] == 2
+    assert "git_commit" in ckpt.extra and ckpt.extra["config"]["regressor"]["hidden"] == 64
+    assert "loss" in ckpt.metrics
+
+
+@pytest.mark.parametrize(
+    ("scope", "task", "first_order"),
+    [("head", "sample", True), ("head", "batch", False), ("full", "sample", True),
+     ("full", "batch", False)],
+)
+def test_meta_step_runs_tto_inner_step_and_updates_w_and_u(
+    pretrained, data, body, batch, tmp_path, monkeypatch, scope, task, first_order
+) -> None:
+    calls = []
+    original = tto.inner_step
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tto, "inner_step", spy)
+    config = MetaConfig(
+        init_checkpoint=str(pretrained), data=(str(data),), out_dir=str(tmp_path),
+        inner_lr=1e-3, scope=scope, task=task, first_order=first_order, loop=_loop(),
+    )
+    meta = MetaTask(config, load_checkpoint(pretrained), body)
+    before_w = {k: v.clone() for k, v in meta.f_w.state_dict().items()}
+    before_u = {k: v.clone() for k, v in meta.f_u.state_dict().items()}
+    meta.train_mode()
+    scalars = meta.step(batch)
+    assert len(calls) == 1
+    assert calls[0]["first_order"] is first_order
+    assert calls[0]["per_sample"] is (task == "sample")
+    assert calls[0]["objective"] == "test_u"
+    assert all(torch.isfinite(torch.tensor(v)) for v in scalars.values())
+    # The outer loss reaches the backbone in the head scope too (through the features).
+    assert _grads_finite(meta.f_w.backbone) and _grads_finite(meta.f_w.head)
+    assert _grads_finite(meta.f_u)
+    optimizer = torch.optim.SGD([p for g in meta.param_groups() for p in g["params"]], lr=1e-2)
+    optimizer.step()
+    changed_w = any(not torch.equal(v, meta.f_w.state_dict()[k]) for k, v in before_w.items())
+    changed_u = any(not torch.equal(v, meta.f_u.state_dict()[k]) for k, v in before_u.items())
+    assert changed_w and changed_u
+    ckpt = meta.checkpoint({}, {"step": 1})
+    assert ckpt.tto_scope == scope and ckpt.tto.sgd_lr == 1e-3 and ckpt.f_u is not None
+
+
+def test_second_order_gradient_differs_from_first_order(pretrained, data, body, batch, tmp_path) -> None:
+    grads = {}
+    for first_order in (True, False):
+        config = MetaConfig(
+            init_checkpoint=str(pretrained), data=(str(data),), out_dir=str(tmp_path),
+            inner_lr=1e-1, scope="head", task="batch", first_order=first_order, loop=_loop(),
+        )
+        meta = MetaTask(config, load_checkpoint(pretrained), body)
+        meta.train_mode()
+        meta.step(batch)
+        grads[first_order] = meta.f_w.head.fc2.weight.grad.clone()
+    assert not torch.allclose(grads[True], grads[False])
+
+
+def test_meta_without_aux_uses_the_2d_objective_and_saves_no_f_u(
+    pretrained, data, body, batch, tmp_path, monkeypatch
+) -> None:
+    calls = []
+    original = tto.inner_step
+    monkeypatch.setattr(tto, "inner_step", lambda *a, **k: calls.append(k) or original(*a, **k))
+    config = MetaConfig(
+        init_checkpoint=str(pretrained), data=(str(data),), out_dir=str(tmp_path),
+        use_aux=False, loop=_loop(),
+    )
+    meta = MetaTask(config, load_checkpoint(pretrained), body)
+    meta.train_mode()
+    meta.step(batch)
+    assert calls[0]["objective"] == "2d"
+    ckpt = meta.checkpoint({}, {"step": 1})
+    assert ckpt.f_u is None and ckpt.tto.use_aux is False
+
+
+def test_detector_targets_peak_at_the_keypoints(batch) -> None:
+    points = crop_keypoints(batch, (128, 96))
+    heat = heatmap_targets(points, (32, 24), 4, sigma=2.0)
+    assert heat.shape == (4, 17, 32, 24)
+    b, k = torch.nonzero(points[..., 2] > 0)[0].tolist()
+    peak = torch.nonzero(heat[b, k] == heat[b, k].max())[0]
+    expected = (points[b, k, [1, 0]] / 4 - 0.5).round()
+    assert torch.allclose(peak.to(expected.dtype), expected, atol=1.0)
+
+
+def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
+    ckpt = random_checkpoint(TINY, TINY_DETECTOR, body_model_id=body.id)
+    path = save_checkpoint(ckpt, tmp_path / "model.pt")
+    config = EvalConfig(
+        checkpoints={m: str(path) for m in ("regression", "eft", "meta", "meta-dual")},
+        splits={"test": str(data), "shifted": str(data)}, steps=(0, 2), table_steps=14,
+        batch_size=4, workers=0, limit=4, progress=False, out_dir=str(tmp_path / "docs"),
+    )
+    result = evaluate(config, body=body)
+    paths = write_report(result, config.out_dir, config.table_steps)
+    assert [p.name for p in paths] == [RESULTS_JSON, RESULTS_MD, RESULTS_PNG]
+    import json
+
+    payload = json.loads(paths[0].read_text())
+    assert set(payload) >= {"model", "rows"} and payload["model"]["body_model"] == body.id
+    rows = payload["rows"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    combos = {(r["split"], r["keypoints"], r["method"], r["steps"]) for r in rows}
+    for split in ("test", "shifted"):
+        for source in ("noisy_gt", "detector"):
+            assert (split, source, "regression", 0) in combos
+            for method in ("eft", "meta", "meta-dual"):
+                assert {(split, source, method, k) for k in (0, 2)} <= combos
+    assert all(r["mpjpe"] >= r["pa_mpjpe"] >= 0 and 0 <= r["pck"] <= 1 for r in rows)
+    md = paths[1].read_text()
+    assert "| meta-dual |" in md and RESULTS_PNG in md
+
+
+def test_eval_noise_is_identical_across_methods(data, body, tmp_path) -> None:
+    """Same checkpoint under two names: identical numbers, so both saw the same keypoints."""
+    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
+                           tmp_path / "m.pt")
+    config = EvalConfig(
+        checkpoints={"eft": str(path), "meta": str(path)}, splits={"test": str(data)},
+        keypoints=("noisy_gt",), steps=(1,), batch_size=4, workers=0, limit=4, progress=False,
+    )
+    rows = evaluate(replace(config), body=body).rows
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["eft"]["mpjpe"] == by_method["meta"]["mpjpe"]
