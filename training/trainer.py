@@ -274,7 +274,8 @@ def train(
             scalars = task.step(batch.to(ctx.device))
         else:  # every image unreadable: no gradient here, but the ranks still meet in update
             log.warning("step %d: empty batch, no gradient from this process", step)
-            scalars = {}
+            # The same keys as the other ranks' (mean_across_ranks reduces one tensor).
+            scalars = {k: float("nan") for k in last if k not in ("grad_norm", "lr")}
         scalars["grad_norm"] = update(optimizer, scheduler, optim, ctx)
         average_buffers(task.modules().values(), ctx)
         scalars["lr"] = float(scheduler.get_last_lr()[0])
