@@ -6,7 +6,7 @@ rotations and converts them); axis-angle appears only at the edges (data files, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -249,6 +249,8 @@ class FitResult:
     stopped_early: per person, whether the early-stop threshold ended the fit.
     skipped: per person, why no TTO ran (e.g. no confident keypoint), else None.
     scope: the TTO scope used ("head" or "full").
+    recorded: Adam step count -> the (B) predictions after that many Adam steps (after
+        step 0), for the counts `fit(record_steps=...)` asked for; {} otherwise.
     """
 
     initial: RegressorOutput
@@ -260,6 +262,7 @@ class FitResult:
     stopped_early: tuple[bool, ...]
     skipped: tuple[str | None, ...]
     scope: str
+    recorded: dict[int, RegressorOutput] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -253,6 +253,7 @@ def fit(
     *,
     batched: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    record_steps: tuple[int, ...] = (),
 ) -> FitResult:
     """Adapt a copy of `regressor`'s weights to each person's 2D keypoints.
 
@@ -260,12 +261,20 @@ def fit(
     people (B), used by step 0 when config.use_aux. batched: fit all people of the "head"
     scope at once (per-person weights under vmap) instead of one by one; the results are
     equal. on_step(step, total): progress callback after each update.
+    record_steps: Adam step counts (0..config.steps) whose predictions `FitResult.recorded`
+    keeps, so one fit gives a whole error-vs-steps curve (needs early_stop == 0: with an
+    early stop, people would stop at different steps).
     The device is the inputs' device; the regressor must already be there.
     """
     config = config or TTOConfig()
     _validate(inputs, aux, config)
+    bad = [k for k in record_steps if not 0 <= k <= config.steps]
+    if bad:
+        raise ValueError(f"record_steps must lie in 0..{config.steps} (config.steps), got {bad}")
+    if record_steps and config.early_stop > 0:
+        raise ValueError("record_steps needs early_stop = 0 (every person runs every step)")
     with _eval_mode(regressor), _threads(config.num_threads), torch.enable_grad():
-        return _fit(regressor, inputs, body, config, aux, batched, on_step)
+        return _fit(regressor, inputs, body, config, aux, batched, on_step, tuple(record_steps))
 
 
 def _fit(
@@ -276,6 +285,7 @@ def _fit(
     aux: RegressorOutput | None,
     batched: bool,
     on_step: Callable[[int, int], None] | None,
+    record_steps: tuple[int, ...] = (),
 ) -> FitResult:
     bbox_info = inputs.crop.bbox_info()
     if config.scope == "head":
@@ -300,7 +310,7 @@ def _fit(
         with torch.no_grad():
             out = module(x[skipped], bbox_info[skipped])
         for k, i in enumerate(skipped):
-            records[i] = _PersonRecord.skipped_with(out.select(k), SKIP_NO_KEYPOINTS)
+            records[i] = _PersonRecord.skipped_with(out.select(k), SKIP_NO_KEYPOINTS, record_steps)
     if config.scope == "head" and batched and people:
         groups = [people]
     else:
@@ -316,7 +326,8 @@ def _fit(
         )
         start = {n: own[n].detach() for n in names}
         run = _fit_group(
-            module, start, batch, body, config, per_sample=len(group) > 1, on_step=on_step
+            module, start, batch, body, config, per_sample=len(group) > 1, on_step=on_step,
+            record_steps=record_steps,
         )
         for k, i in enumerate(group):
             records[i] = run.person(k)
@@ -332,6 +343,7 @@ class _GroupRun:
     test_u: Tensor  # (P,)
     steps_run: Tensor  # (P,) int
     stopped: Tensor  # (P,) bool
+    recorded: dict[int, RegressorOutput]  # Adam steps -> (P) predictions
 
     def person(self, k: int) -> _PersonRecord:
         steps = int(self.steps_run[k])
@@ -343,6 +355,7 @@ class _GroupRun:
             test_u=float(self.test_u[k]),
             steps_run=steps,
             stopped=bool(self.stopped[k]),
+            recorded={n: pred.select(k) for n, pred in self.recorded.items()},
         )
 
 
@@ -355,11 +368,15 @@ class _PersonRecord:
     test_u: float | None
     steps_run: int
     stopped: bool
+    recorded: dict[int, RegressorOutput]
     skipped: str | None = None
 
     @staticmethod
-    def skipped_with(initial: RegressorOutput, reason: str) -> _PersonRecord:
-        return _PersonRecord(initial, initial, (), 0.0, None, 0, False, reason)
+    def skipped_with(
+        initial: RegressorOutput, reason: str, record_steps: tuple[int, ...] = ()
+    ) -> _PersonRecord:
+        recorded = dict.fromkeys(record_steps, initial)
+        return _PersonRecord(initial, initial, (), 0.0, None, 0, False, recorded, reason)
 
 
 def _fit_group(
@@ -371,6 +388,7 @@ def _fit_group(
     *,
     per_sample: bool,
     on_step: Callable[[int, int], None] | None,
+    record_steps: tuple[int, ...] = (),
 ) -> _GroupRun:
     """The staged fit of P people (one weight copy each when per_sample, else P = 1)."""
     n_people = batch.keypoints.shape[0]
@@ -399,6 +417,7 @@ def _fit_group(
     # Adam steps on the 2D keypoint loss only, with a per-person early stop.
     optimizer = _adam(list(params.values()), config)
     frozen: Params | None = None  # weights of people who stopped, kept from their last step
+    recorded: dict[int, RegressorOutput] = {}
     for step in range(1, config.steps + 1):
         current = step_loss(
             module,
@@ -409,6 +428,8 @@ def _fit_group(
             weights=config.loss_weights,
             per_sample=per_sample,
         )
+        if step - 1 in record_steps:  # this step's forward is the prediction after step - 1
+            recorded[step - 1] = current.pred.detach()
         # autograd.grad, not backward(): only the adapted copies get gradients (backward
         # would also fill .grad of the regressor's own, frozen, parameters).
         grads = torch.autograd.grad(current.loss, list(params.values()))
@@ -440,6 +461,8 @@ def _fit_group(
             weights=config.loss_weights,
             per_sample=per_sample,
         )
+    if config.steps in record_steps:
+        recorded[config.steps] = last.pred.detach()
     return _GroupRun(
         initial=loss0.pred.detach(),
         final=last.pred.detach(),
@@ -448,6 +471,7 @@ def _fit_group(
         test_u=loss0.per_sample.detach(),
         steps_run=steps_run,
         stopped=stopped,
+        recorded=recorded,
     )
 
 
@@ -506,6 +530,10 @@ def _assemble(records: list[_PersonRecord], scope: str) -> FitResult:
         stopped_early=tuple(r.stopped for r in records),
         skipped=tuple(r.skipped for r in records),
         scope=scope,
+        recorded={
+            k: RegressorOutput.cat([r.recorded[k] for r in records]).detach()
+            for k in (records[0].recorded if records else {})
+        },
     )
 
 

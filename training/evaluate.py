@@ -7,9 +7,9 @@ Methods, side by side on the same data and keypoints:
 - ``meta``: TTO (2D only) from a meta-trained checkpoint without the auxiliary net;
 - ``meta-dual``: the full method, step 0 on L_test-u with f_u, then the 2D Adam steps.
 
-Every TTO method runs at each requested step count with early stop disabled. `model.tto.fit`
-keeps per-step losses but not per-step predictions, so each count is its own fit; the fit is
-deterministic, so the fit with k steps is exactly the first k steps of a longer one.
+Every TTO method runs once per batch for the largest requested step count, early stop
+disabled, and `fit(record_steps=...)` keeps the predictions after each requested count on the
+way (equal to separate fits of that many steps: the fit is deterministic).
 Test-time keypoints are the ground-truth projections with detector-like noise
 (`training.keypoint_noise`, seeded, identical for every method) and, separately, the
 built-in detector's output. Splits are only ever evaluated, never tuned on.
@@ -129,14 +129,12 @@ def tto_predictions(
     scope: str,
     steps: tuple[int, ...],
 ) -> dict[int, RegressorOutput]:
-    """The fitted predictions after each step count in `steps` (early stop disabled)."""
+    """The fitted predictions after each step count in `steps` (early stop disabled), all
+    from one fit of max(steps) steps that records the predictions on the way."""
     inputs = TTOInputs(keypoints, batch_crop(batch), "coco17", images=images, features=features)
-    out = {}
-    for k in steps:
-        config = replace(method.ckpt.tto, scope=scope, steps=k, early_stop=0.0,
-                         use_aux=aux is not None)
-        out[k] = fit(method.f_w, inputs, body, config, aux=aux).final
-    return out
+    config = replace(method.ckpt.tto, scope=scope, steps=max(steps), early_stop=0.0,
+                     use_aux=aux is not None)
+    return dict(fit(method.f_w, inputs, body, config, aux=aux, record_steps=tuple(steps)).recorded)
 
 
 def sample_errors(pred: RegressorOutput, batch: HMRBatch, body: BodyModel) -> SampleErrors:

@@ -318,3 +318,20 @@ def test_tto_on_a_rendered_person_lowers_the_reprojection_error(body, nets, rend
     before = reprojection(body, result.initial, inputs)
     after = reprojection(body, result.final, inputs)
     assert (after < 0.8 * before).all(), (before, after)
+
+
+def test_recorded_steps_equal_separate_fits_of_that_many_steps(body, nets) -> None:
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 3, seed=4)
+    with torch.no_grad():
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    curve = fit(f_w, inputs, body, FAST, aux, record_steps=(0, 3, FAST.steps))
+    assert sorted(curve.recorded) == [0, 3, FAST.steps]
+    for k, pred in curve.recorded.items():
+        alone = fit(f_w, inputs, body, replace(FAST, steps=k), aux).final
+        torch.testing.assert_close(pred.params.rotmats(), alone.params.rotmats(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(pred.crop_cam, alone.crop_cam, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="record_steps must lie"):
+        fit(f_w, inputs, body, FAST, aux, record_steps=(FAST.steps + 1,))
+    with pytest.raises(ValueError, match="early_stop"):
+        fit(f_w, inputs, body, replace(FAST, early_stop=1e-3), aux, record_steps=(1,))
