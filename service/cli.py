@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 # Modules that contribute sub-commands. Each exposes `register(sub, groups)`, where `sub` is
 # the root sub-parser action and `groups` maps shared group names ("bench") to theirs.
-_REGISTRARS = ("model.body_cli", "model.cli", "training.cli", "worker.cli", "service.commands")
+_REGISTRARS = (
+    "model.body_cli",
+    "model.cli",
+    "model.render_bench",
+    "training.cli",
+    "worker.cli",
+    "service.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
