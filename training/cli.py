@@ -280,8 +280,8 @@ def _register_eval(sub: Any) -> None:
     ev.add_argument("--test", type=Path, help="in-domain test split folder")
     ev.add_argument("--shifted", type=Path, help="domain-shifted split folder")
     ev.add_argument("--out-dir", type=Path, default=Path("docs"), help="where results go")
-    ev.add_argument("--steps", default="0,1,2,4,7,10,14,20,30",
-                    help="comma-separated Adam step counts for the curve")
+    ev.add_argument("--steps", default=",".join(str(k) for k in range(31)),
+                    help="comma-separated Adam step counts for the curve (default 0..30)")
     ev.add_argument("--table-steps", type=int, default=14)
     ev.add_argument("--keypoints", default="noisy_gt,detector", help="comma-separated sources")
     ev.add_argument("--scope", choices=("head", "full"), help="default: the meta-dual checkpoint's")
@@ -293,6 +293,8 @@ def _register_eval(sub: Any) -> None:
     ev.add_argument("--limit", type=int, help="at most this many samples per split")
     ev.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--model-card", type=Path,
+                    help="also write the tables into this model card's 'Metrics' section")
     ev.set_defaults(func=_eval)
 
 
@@ -325,4 +327,10 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(config)
     for path in write_report(result, config.out_dir, config.table_steps):
         logging.getLogger("metahmr.eval").info("wrote %s", path)
+    if args.model_card is not None:
+        from service.benchdoc import write_section
+        from training.evaluate import card_metrics
+
+        write_section(args.model_card, "Metrics", card_metrics(result, config.table_steps))
+        logging.getLogger("metahmr.eval").info("wrote the metrics of %s", args.model_card)
     return 0

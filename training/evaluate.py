@@ -385,6 +385,16 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
     return "\n".join(lines)
 
 
+def card_metrics(result: EvalResult, table_steps: int) -> str:
+    """The report's tables for a model card's "Metrics" section (its headings one level
+    down, so the section's own `## Metrics` heading contains them)."""
+    text = markdown_report(result, table_steps, RESULTS_PNG)
+    tables = text.split("\n## Error against TTO steps")[0].split("\n", 1)[1]  # no "# Results"
+    return tables.replace("\n## ", "\n### ").strip() + (
+        "\n\nThe error-against-steps curves are in `docs/results.md`."
+    )
+
+
 def _fmt_metric(name: str, value: float) -> str:
     return f"{100 * value:.1f}" if name == "pck" else f"{value:.1f}"
 

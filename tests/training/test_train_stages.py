@@ -237,6 +237,16 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert all(r["mpjpe"] >= r["pa_mpjpe"] >= 0 and 0 <= r["pck"] <= 1 for r in rows)
     md = paths[1].read_text()
     assert "| meta-dual |" in md and RESULTS_PNG in md
+    # The same tables go into a model card's Metrics section, the rest of the card untouched.
+    from service.benchdoc import write_section
+    from training.evaluate import card_metrics
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Card\n\n## Training\n\nsteps: 3\n\n## Metrics\n\nold\n\n## Limits\n\nmany\n")
+    write_section(card, "Metrics", card_metrics(result, config.table_steps))
+    text = card.read_text()
+    assert "old" not in text and "steps: 3" in text and "## Limits\n\nmany" in text
+    assert "### Keypoints: noisy_gt" in text and "| meta-dual |" in text
 
 
 def test_eval_noise_is_identical_across_methods(data, body, tmp_path) -> None:
