@@ -1,6 +1,7 @@
 """`metahmr` sub-commands owned by the model package (parsers only; imports are lazy).
 
 - ``metahmr export --checkpoint CKPT --out DIR``: ONNX graphs + manifest for the worker.
+- ``metahmr pack --model CKPT [--detector-from CKPT] [--half] --out PT``: a checkpoint to ship.
 - ``metahmr bench tto --json OUT``: the TTO benchmark (docs/benchmarks.md section).
 """
 
@@ -28,6 +29,20 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "--no-check", action="store_true", help="skip the ONNX Runtime parity check"
     )
     export.set_defaults(func=_export)
+
+    pack = sub.add_parser(
+        "pack",
+        help="one checkpoint to ship: the model, a detector from another, float16 weights",
+        description="Write a checkpoint for model/assets/: the model's networks and TTO "
+        "settings, optionally the keypoint detector of another checkpoint, a version name, "
+        "and (--half) float16 weights.",
+    )
+    pack.add_argument("--model", required=True, type=Path, help="checkpoint with f_w (+ f_u)")
+    pack.add_argument("--detector-from", type=Path, help="checkpoint whose detector to take")
+    pack.add_argument("--version", help="model version recorded in the checkpoint")
+    pack.add_argument("--half", action="store_true", help="store weights as float16")
+    pack.add_argument("--out", required=True, type=Path)
+    pack.set_defaults(func=_pack)
 
     bench = groups["bench"].add_parser(
         "tto",
@@ -65,6 +80,27 @@ def _export(args: argparse.Namespace) -> int:
     if worst > 1e-4:
         log.error("ONNX output differs from PyTorch by %.2e (> 1e-4)", worst)
         return 1
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from model.checkpoint import half_precision, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(args.model)
+    if args.detector_from is not None:
+        source = load_checkpoint(args.detector_from)
+        if source.detector is None:
+            log.error("%s has no keypoint detector", args.detector_from)
+            return 2
+        ckpt = replace(ckpt, detector=source.detector, detector_config=source.detector_config)
+    if args.version:
+        ckpt = replace(ckpt, model_version=args.version)
+    if args.half:
+        ckpt = half_precision(ckpt)
+    path = save_checkpoint(ckpt, args.out)
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return 0
 
 

@@ -103,3 +103,49 @@ def test_unknown_config_keys_fail_loudly(tmp_path: Path) -> None:
     torch.save(payload, path)
     with pytest.raises(ValueError, match="mystery"):
         load_checkpoint(path)
+
+
+def test_half_precision_checkpoint_is_smaller_and_loads_into_float32(tmp_path) -> None:
+    import torch
+
+    from model.checkpoint import half_precision, load_checkpoint, random_checkpoint, save_checkpoint
+    from model.config import BackboneConfig, RegressorConfig
+
+    config = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
+    full = random_checkpoint(config, body_model_id="test:0")
+    a = save_checkpoint(full, tmp_path / "full.pt")
+    b = save_checkpoint(half_precision(full), tmp_path / "half.pt")
+    assert b.stat().st_size < 0.6 * a.stat().st_size
+    half = load_checkpoint(b)
+    assert half.f_w["head.fc2.weight"].dtype == torch.float16
+    bn = [k for k in half.f_w if k.endswith("running_var")]
+    assert bn and all(half.f_w[k].dtype == torch.float32 for k in bn)
+    nets = full.build_f_w(), half.build_f_w()
+    assert all(p.dtype == torch.float32 for p in nets[1].parameters())
+    x, info = torch.randn(2, 3, 256, 192), torch.randn(2, 3) * 0.3
+    with torch.no_grad():
+        out = [n.eval()(x, info) for n in nets]
+    torch.testing.assert_close(out[1].crop_cam, out[0].crop_cam, atol=2e-3, rtol=2e-3)
+    assert half.extra["weights_dtype"] == "float16"
+
+
+def test_pack_command_takes_the_detector_of_another_checkpoint(tmp_path) -> None:
+    import torch
+
+    from model.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+    from model.config import BackboneConfig, RegressorConfig
+    from service.cli import main
+
+    config = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
+    model = save_checkpoint(random_checkpoint(config, body_model_id="b:1", with_detector=False),
+                            tmp_path / "model.pt")
+    donor_ckpt = random_checkpoint(config, body_model_id="b:1", seed=5)
+    donor = save_checkpoint(donor_ckpt, tmp_path / "donor.pt")
+    out = tmp_path / "shipped.pt"
+    assert main(["pack", "--model", str(model), "--detector-from", str(donor), "--half",
+                 "--version", "v9", "--out", str(out)]) == 0
+    packed = load_checkpoint(out)
+    assert packed.model_version == "v9" and packed.detector_config == donor_ckpt.detector_config
+    name = next(k for k, v in donor_ckpt.detector.items() if v.is_floating_point() and "weight" in k)
+    torch.testing.assert_close(packed.detector[name].float(), donor_ckpt.detector[name], atol=1e-2, rtol=1e-3)
+    assert main(["pack", "--model", str(model), "--detector-from", str(model), "--out", str(out)]) == 2
