@@ -211,6 +211,7 @@ class BodyModel(nn.Module):
     kp_vertex_shapedirs: Tensor
     kp_vertex_posedirs: Tensor
     kp_vertex_weights: Tensor
+    kp_vertex_ids: Tensor
     coco17_mix: Tensor
     openpose25_mix: Tensor
 
@@ -237,6 +238,10 @@ class BodyModel(nn.Module):
             )
         self.num_vertices = int(self.smpl.v_template.shape[0])
         self.num_betas = int(self.smpl.num_betas)
+        # The open model has no pose correctives (zero posedirs): its mesh is posed without
+        # the (V*3 x 207) product that would add nothing (half the cost of a mesh forward
+        # and backward). Real SMPL files have them and go through smplx's `lbs`.
+        self.has_pose_correctives = bool(self.smpl.posedirs.abs().max() > 0)
         self._init_fast_path([ids[name] for name in EXTRA_JOINTS])
         self.register_buffer("coco17_mix", _mixing_matrix("coco17"), persistent=False)
         self.register_buffer("openpose25_mix", _mixing_matrix("openpose25"), persistent=False)
@@ -257,6 +262,7 @@ class BodyModel(nn.Module):
         posedirs = s.posedirs.view(s.posedirs.shape[0], -1, 3)[:, idx].reshape(s.posedirs.shape[0], -1)
         self.register_buffer("kp_vertex_posedirs", posedirs, persistent=False)
         self.register_buffer("kp_vertex_weights", s.lbs_weights[idx], persistent=False)
+        self.register_buffer("kp_vertex_ids", idx, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -286,11 +292,32 @@ class BodyModel(nn.Module):
         if rot.shape[0] == 0:
             empty = rot.new_zeros(0, self.num_vertices, 3)
             return self._output(empty, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
+        if not self.has_pose_correctives:
+            return self._skinned_without_correctives(rot, betas, transl)
         out = self.smpl(
             betas=betas, global_orient=rot[:, :1], body_pose=rot[:, 1:], transl=transl,
             pose2rot=False,
         )
         return self._output(out.vertices, out.joints)
+
+    def _skinned_without_correctives(
+        self, rot: Tensor, betas: Tensor, transl: Tensor | None
+    ) -> BodyOutput:
+        """smplx's `lbs` for a model whose pose blend shapes are zero (rot (B, 24, 3, 3),
+        betas (B, num_betas)): shaped template, forward kinematics, skinning."""
+        from smplx.lbs import batch_rigid_transform
+
+        s = self.smpl
+        verts = s.v_template + torch.einsum("vcb,nb->nvc", s.shapedirs, betas)
+        shaped_joints = self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
+        posed_joints, transforms = batch_rigid_transform(rot, shaped_joints, s.parents)
+        skin = torch.einsum("vj,njab->nvab", s.lbs_weights, transforms)
+        verts = (skin[..., :3, :3] @ verts[..., None])[..., 0] + skin[..., :3, 3]
+        joints = torch.cat([posed_joints, verts[:, self.kp_vertex_ids]], dim=1)
+        if transl is not None:
+            verts = verts + transl[:, None]
+            joints = joints + transl[:, None]
+        return self._output(verts, joints)
 
     def keypoints_only(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
         """Like `forward` without the mesh (vertices None); ~100x fewer points posed.

@@ -267,3 +267,31 @@ def test_file_without_smpl_arrays_is_refused(tmp_path):
     np.savez(path, v_template=np.zeros((10, 3)))
     with pytest.raises(BodyModelError, match="lacks"):
         BodyModel(path)
+
+
+def test_mesh_without_pose_correctives_equals_smplx_lbs(body):
+    """The open model skips its zero pose blend shapes; smplx's own forward must agree."""
+    assert not body.has_pose_correctives
+    torch.manual_seed(3)
+    params = params_from_axis_angle(torch.randn(3, 24, 3) * 0.5, torch.randn(3, 10))
+    transl = torch.randn(3, 3)
+    ours = body(params, transl)
+    rot = params.rotmats()
+    ref = body.smpl(betas=params.betas, global_orient=rot[:, :1], body_pose=rot[:, 1:],
+                    transl=transl, pose2rot=False)
+    assert float((ours.vertices - ref.vertices).abs().max()) <= 1e-5
+    assert float((ours.joints - ref.joints[:, :24]).abs().max()) <= 1e-5
+
+
+def test_a_model_with_pose_correctives_uses_them(tmp_path, smpl_arrays):
+    arrays = dict(smpl_arrays)
+    rng = np.random.default_rng(0)
+    arrays["posedirs"] = (rng.standard_normal(arrays["posedirs"].shape) * 1e-3).astype(np.float32)
+    np.savez(tmp_path / "corrective.npz", **arrays)
+    model = BodyModel(tmp_path / "corrective.npz")
+    assert model.has_pose_correctives
+    params = params_from_axis_angle(torch.randn(2, 24, 3) * 0.5)
+    full, fast = model(params), model.keypoints_only(params)
+    assert float((full.coco17 - fast.coco17).abs().max()) <= 1e-5
+    plain = BodyModel()(params)
+    assert float((full.vertices - plain.vertices).abs().max()) > 1e-4  # the correctives act
