@@ -167,6 +167,28 @@ def test_shipped_model_is_exported_once_into_the_cache(tmp_path: Path, body: Bod
     assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] == [out.name]
 
 
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.exists(), reason="this installation ships no model")
+def test_the_shipped_model_recovers_the_docs_example(tmp_path: Path, body: BodyModel) -> None:
+    """What `make serve` runs: the shipped checkpoint, exported into a fresh cache, on the
+    README's example photo and keypoints."""
+    import json
+
+    from PIL import Image
+
+    docs = Path(__file__).parents[2] / "docs" / "img"
+    image = np.asarray(Image.open(docs / "example.jpg").convert("RGB"))
+    keypoints = json.loads((docs / "example_keypoints.json").read_text())
+    pipeline = build_pipeline(_settings(None, cache_dir=tmp_path / "cache"))
+    out = pipeline.run(image, {"people": [{"keypoints": keypoints}]}, lambda *c: None)
+    assert out.result["model"]["body_model"] == body.id
+    assert out.result["model"]["version"] != "random-init"
+    (person,) = out.result["people"]
+    fit = person["fit"]
+    assert fit["skipped"] is None and 1 <= fit["steps_run"] <= 15
+    assert fit["loss_end"] < fit["loss_start"]
+    assert len(person["smpl"]["body_pose"]) == 69 and len(person["smpl"]["betas"]) == 10
+
+
 # --- the result --------------------------------------------------------------------------------
 
 
