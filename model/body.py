@@ -294,6 +294,12 @@ class BodyModel(nn.Module):
             return self._output(empty, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
         if not self.has_pose_correctives:
             return self._skinned_without_correctives(rot, betas, transl)
+        return self.smplx_forward(params, transl)
+
+    def smplx_forward(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
+        """`forward` through smplx's own `lbs` always (pose blend shapes included even when
+        they are zero): the reference implementations' cost, for comparisons."""
+        rot, betas, transl = self._inputs(params, transl)
         out = self.smpl(
             betas=betas, global_orient=rot[:, :1], body_pose=rot[:, 1:], transl=transl,
             pose2rot=False,
