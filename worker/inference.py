@@ -136,6 +136,66 @@ class OnnxPipeline:
         self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
     ) -> PipelineResult:
         """image: (H, W, 3) uint8 RGB. options: the job's options (service.schemas)."""
+        out = self._run_together([self._prepare(image, options, progress)])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        options_list: Sequence[Mapping[str, Any]],
+        progress_list: Sequence[ProgressFn],
+    ) -> list[PipelineResult | Exception]:
+        """Several jobs as one batch: one ONNX forward over all their crops and one `fit`
+        per distinct TTO schedule over all their people. Returns, per job, its result or the
+        exception that job alone would have raised (its progress raising, e.g. JobCanceled,
+        drops that job only). Results equal `run` job by job; each successful result's
+        `timings_ms.batch_size` says how many jobs shared its forward and fit (absent when 1).
+        """
+        n = len(images)
+        if not len(options_list) == len(progress_list) == n:
+            raise ValueError("run_batch needs one options and one progress per image")
+        guards = [_Guard(p) for p in progress_list]
+        out: list[PipelineResult | Exception | None] = [None] * n
+        live: list[int] = []
+        requests: dict[int, _Request] = {}
+        for i in range(n):
+            try:
+                requests[i] = self._prepare(images[i], options_list[i], guards[i])
+                live.append(i)
+            except Exception as exc:  # this job's own input: it fails alone
+                out[i] = exc
+        if live:
+            try:
+                together = self._run_together([requests[i] for i in live])
+            except Exception:
+                # A shared stage failed: run each job on its own so the bad one fails alone.
+                log.warning("batch of %d failed; running its jobs one by one", len(live),
+                            exc_info=True)  # fmt: skip
+                together = [self._run_alone(images[i], options_list[i], guards[i]) for i in live]
+            else:
+                for res in together:
+                    if isinstance(res, PipelineResult) and len(live) > 1:
+                        res.result["timings_ms"]["batch_size"] = len(live)
+            for i, res in zip(live, together, strict=True):
+                out[i] = res
+        return [guards[i].error or res for i, res in enumerate(out) if res is not None]
+
+    def _run_alone(
+        self, image: np.ndarray, options: Mapping[str, Any], guard: _Guard
+    ) -> PipelineResult | Exception:
+        if guard.error is not None:
+            return guard.error
+        try:
+            return self.run(image, options, guard)
+        except Exception as exc:
+            return exc
+
+    def _prepare(
+        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+    ) -> _Request:
+        """Parse the options and run the detect stage for one job."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         height, width = image.shape[:2]
@@ -149,26 +209,72 @@ class OnnxPipeline:
             crops = self._crops(image, people, focal)
             keypoints, sources = self._keypoints(image, people, crops, focal)
         progress("detect", 1, 1)
+        return _Request(
+            image, progress, focal, config, wanted, people, crops, keypoints, sources,
+            timings, start,
+        )  # fmt: skip
 
-        progress("regress", 0, 1)
+    def _run_together(self, requests: Sequence[_Request]) -> list[PipelineResult | Exception]:
+        """Regress and fit the prepared jobs together, then build each one's result.
+
+        Raises when the shared stages (forward, fit) fail; per-job stages (render, result)
+        fail only their job (returned as its exception)."""
+        for r in requests:
+            r.progress("regress", 0, 1)
+        timings: dict[str, float] = {}
         with _timed(timings, "regress"):
-            features, initial, aux = self._regress(crops)
-        progress("regress", 1, 1)
-
+            features, initial, aux = self._regress(_cat_crops([r.crops for r in requests]))
+        bounds = np.cumsum([0] + [len(r.people) for r in requests])
+        spans = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        for r in requests:
+            r.progress("regress", 1, 1)
+        fits: list[FitResult | None] = [None] * len(requests)
         with _timed(timings, "fit"):
-            fit = self._fit(crops, features, keypoints, initial, aux, config, progress)
-        final = fit.final if fit is not None else initial
+            # One fit per schedule: jobs may ask for different step counts.
+            groups: dict[TTOConfig, list[int]] = {}
+            for k, r in enumerate(requests):
+                if r.config.steps > 0 and bool((r.keypoints[..., 2] > 0).any()):
+                    groups.setdefault(r.config, []).append(k)
+            for config, members in groups.items():
+                rows = np.concatenate([np.arange(spans[k].start, spans[k].stop) for k in members])
+                fit = self._fit(
+                    _cat_crops([requests[k].crops for k in members]),
+                    features[rows],
+                    np.concatenate([requests[k].keypoints for k in members]),
+                    aux.select(torch.as_tensor(rows)) if aux is not None else None,
+                    config,
+                    _fan_out([requests[k].progress for k in members]),
+                )
+                at = 0
+                for k in members:
+                    size = len(requests[k].people)
+                    fits[k] = _select_fit(fit, slice(at, at + size))
+                    at += size
+        out: list[PipelineResult | Exception] = []
+        for k, r in enumerate(requests):
+            r.timings.update(timings)
+            try:
+                out.append(self._finish(r, initial.select(spans[k]), fits[k]))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
+    def _finish(
+        self, r: _Request, initial: RegressorOutput, fit: FitResult | None
+    ) -> PipelineResult:
+        """Render (on request) and build the job's §5 result."""
+        final = fit.final if fit is not None else initial
         files: dict[str, bytes] = {}
-        if wanted & {"mesh", "overlay"}:
-            progress("render", 0, 1)
-            with _timed(timings, "render"):
-                files = self._files(image, final, crops.crop, focal, wanted)
-            progress("render", 1, 1)
+        if r.wanted & {"mesh", "overlay"}:
+            r.progress("render", 0, 1)
+            with _timed(r.timings, "render"):
+                files = self._files(r.image, final, r.crops.crop, r.focal, r.wanted)
+            r.progress("render", 1, 1)
         people_out = self._people_out(
-            people, crops, keypoints, sources, initial, final, fit, config, wanted
+            r.people, r.crops, r.keypoints, r.sources, initial, final, fit, r.config, r.wanted
         )
-        timings["total"] = (time.perf_counter() - start) * 1000.0
+        r.timings["total"] = (time.perf_counter() - r.start) * 1000.0
+        height, width = r.image.shape[:2]
         result = {
             "model": {
                 "name": self.ckpt.model_name,
@@ -176,11 +282,11 @@ class OnnxPipeline:
                 "body_model": self.body.id,
                 "tto_scope": self.ckpt.tto_scope,
             },
-            "image": {"width": width, "height": height, "focal_length": focal},
+            "image": {"width": width, "height": height, "focal_length": r.focal},
             "people": people_out,
-            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "timings_ms": {k: round(v, 3) for k, v in r.timings.items()},
         }
-        steps = fit.steps_run if fit is not None else (0,) * len(people)
+        steps = fit.steps_run if fit is not None else (0,) * len(r.people)
         return PipelineResult(result=result, files=files, tto_steps=tuple(steps))
 
     def _tto_config(self, tto: Mapping[str, Any]) -> TTOConfig:
@@ -287,7 +393,6 @@ class OnnxPipeline:
         crops: Crops,
         features: np.ndarray,
         keypoints: np.ndarray,
-        initial: RegressorOutput,
         aux: RegressorOutput | None,
         config: TTOConfig,
         progress: ProgressFn,
@@ -586,6 +691,83 @@ def _floats(t: torch.Tensor) -> list[float]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+@dataclass
+class _Request:
+    """One job between the detect stage and its result (see `OnnxPipeline.run_batch`)."""
+
+    image: np.ndarray
+    progress: ProgressFn
+    focal: float
+    config: TTOConfig
+    wanted: set[str]
+    people: list[Person]
+    crops: Crops
+    keypoints: np.ndarray  # (B, 17, 3)
+    sources: list[str | None]
+    timings: dict[str, float]
+    start: float
+
+
+class _Guard:
+    """A batched job's progress: the first exception it raises (JobCanceled, LeaseLost) is
+    kept as that job's outcome and later calls are skipped, so the rest of the batch runs."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self.progress = progress
+        self.error: Exception | None = None
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.error is None:
+            try:
+                self.progress(stage, step, total)
+            except Exception as exc:
+                self.error = exc
+
+
+def _fan_out(progress: Sequence[ProgressFn]) -> ProgressFn:
+    def each(stage: str, step: int, total: int) -> None:
+        for p in progress:
+            p(stage, step, total)
+
+    return each
+
+
+def _cat_crops(crops: Sequence[Crops]) -> Crops:
+    """The crops of several jobs as one batch, in order."""
+    if len(crops) == 1:
+        return crops[0]
+    info = [c.crop for c in crops]
+    return Crops(
+        np.concatenate([c.images for c in crops]),
+        CropInfo(
+            torch.cat([c.center for c in info]),
+            torch.cat([c.box_size for c in info]),
+            torch.cat([c.img_hw for c in info]),
+            torch.cat([c.focal_length for c in info]),
+            torch.cat([c.affine for c in info]),
+            info[0].crop_hw,
+        ),
+    )
+
+
+def _select_fit(fit: FitResult | None, span: slice) -> FitResult | None:
+    """The people `span` of a batched fit, as if they had been fitted alone."""
+    if fit is None:
+        return None
+    return replace(
+        fit,
+        initial=fit.initial.select(span),
+        final=fit.final.select(span),
+        loss_history=fit.loss_history[span],
+        final_loss=fit.final_loss[span],
+        test_u_loss=fit.test_u_loss[span],
+        steps_run=fit.steps_run[span],
+        stopped_early=fit.stopped_early[span],
+        skipped=fit.skipped[span],
+        recorded={k: v.select(span) for k, v in fit.recorded.items()},
+    )
 
 
 class _timed:

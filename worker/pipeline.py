@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +41,17 @@ class Pipeline(Protocol):
         self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
     ) -> PipelineResult:
         """image (H, W, 3) uint8 RGB, upright; options as stored with the job."""
+        ...
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        options_list: Sequence[Mapping[str, Any]],
+        progress_list: Sequence[ProgressFn],
+    ) -> list[PipelineResult | Exception]:
+        """Several jobs at once (micro-batching): per job, its result or the exception that
+        job alone raised, so one bad input fails only its job. Results equal `run`'s, with
+        `timings_ms.batch_size` (the jobs that ran together) when more than one did."""
         ...
 
 
@@ -98,6 +109,25 @@ class EchoPipeline:
             "timings_ms": {"total": (time.perf_counter() - start) * 1000.0},
         }
         return PipelineResult(result=result, tto_steps=tuple(0 for _ in people))
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        options_list: Sequence[Mapping[str, Any]],
+        progress_list: Sequence[ProgressFn],
+    ) -> list[PipelineResult | Exception]:
+        """One job after another (nothing here gains from a batch)."""
+        out: list[PipelineResult | Exception] = []
+        for image, options, progress in zip(images, options_list, progress_list, strict=True):
+            try:
+                res = self.run(image, options, progress)
+            except Exception as exc:
+                out.append(exc)
+                continue
+            if len(images) > 1:
+                res.result["timings_ms"]["batch_size"] = len(images)
+            out.append(res)
+        return out
 
 
 def _inference_module() -> Any:
