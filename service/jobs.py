@@ -7,6 +7,9 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 - ``job:{id}:image`` the uploaded bytes; ``job:{id}:file:{name}`` result files.
   All of a job's keys expire after ``ttl_s``; the image is dropped once the job has finished.
 - ``running`` set of job ids in state running (the reaper's work list).
+- ``queued`` sorted set of job ids in state queued, oldest first (score: creation time, 0
+  for a job put back in the queue), so a worker can take several at once (micro-batching).
+  Kept with every status change; an id whose job expired while queued is dropped when seen.
 - ``workers`` sorted set: worker id -> time (Redis clock) its heartbeat expires.
 - ``rate:{who}:{minute}`` submission counters; ``stats:*`` hashes behind /metrics.
 
@@ -121,6 +124,7 @@ def is_job_id(text: str) -> bool:
         return False
 
 
+# KEYS: 1 job hash, 2 running set, 3 image, 4 queued index.
 # ARGV: 1 allowed current statuses (space separated), 2 new status, 3 required worker ('' =
 # any), 4 job id, 5 ttl seconds (0 = keep), 6 '1' to drop the image, 7.. field/value pairs.
 _TRANSITION = """
@@ -134,12 +138,14 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] == 'running' then redis.call('SADD', KEYS[2], ARGV[4])
 else redis.call('SREM', KEYS[2], ARGV[4]) end
+if ARGV[2] == 'queued' then redis.call('ZADD', KEYS[4], 0, ARGV[4])
+else redis.call('ZREM', KEYS[4], ARGV[4]) end
 if ARGV[6] == '1' then redis.call('DEL', KEYS[3]) end
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 return {1, cur}
 """
 
-# KEYS: 1 job hash, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 job id.
+# KEYS: 1 job hash, 2 running set, 3 queued index. ARGV: 1 worker, 2 now (ISO), 3 job id.
 _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
@@ -150,7 +156,34 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'updated_at'
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
 return {1, cur}
+"""
+
+# Take up to ARGV[3] queued jobs, oldest first, for one worker: each one exactly as _CLAIM
+# would. KEYS: 1 queued index, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 limit, 4 key
+# prefix (job keys are built here, as in _REAP). Every id looked at leaves the index (claimed,
+# or no longer queued), so each pass reads new ones.
+_CLAIM_QUEUED = """
+local out = {}
+local limit = tonumber(ARGV[3])
+while #out < limit do
+  local ids = redis.call('ZRANGE', KEYS[1], 0, limit - #out - 1)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', KEYS[1], id)
+    local key = ARGV[4] .. 'job:' .. id
+    if redis.call('HGET', key, 'status') == 'queued' then
+      redis.call('HSET', key, 'status', 'running', 'worker', ARGV[1], 'updated_at', ARGV[2],
+                 'started_at', ARGV[2])
+      redis.call('HINCRBY', key, 'attempts', 1)
+      redis.call('HDEL', key, 'progress')
+      redis.call('SADD', KEYS[2], id)
+      table.insert(out, id)
+    end
+  end
+end
+return out
 """
 
 # Scripts that read the clock use Redis's, so workers on several hosts agree on expiry.
@@ -169,7 +202,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 
-# KEYS: 1 running set, 2 workers. ARGV: 1 key prefix, 2 max attempts, 3 now (ISO),
+# KEYS: 1 running set, 2 workers, 3 queued index. ARGV: 1 key prefix, 2 max attempts, 3 now (ISO),
 # 4 error JSON when attempts are used up. Job keys are built here from the prefix (fine on a
 # single Redis; this store does not target Redis Cluster).
 _REAP = """
@@ -197,6 +230,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       else
         redis.call('HSET', key, 'status', 'queued', 'updated_at', ARGV[3], 'worker', '')
         redis.call('HDEL', key, 'progress')
+        redis.call('ZADD', KEYS[3], 0, id)
         table.insert(out, {id, 'queued'})
       end
     end
@@ -215,6 +249,7 @@ class JobStore:
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
         self._claim = client.register_script(_CLAIM)
+        self._claim_queued = client.register_script(_CLAIM_QUEUED)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._live = client.register_script(_LIVE_WORKERS)
         self._reap = client.register_script(_REAP)
@@ -239,6 +274,10 @@ class JobStore:
         return f"{self.prefix}running"
 
     @property
+    def _queued(self) -> str:
+        return f"{self.prefix}queued"
+
+    @property
     def _workers(self) -> str:
         return f"{self.prefix}workers"
 
@@ -261,6 +300,7 @@ class JobStore:
         pipe.hset(self._job(job_id), mapping=fields)
         pipe.expire(self._job(job_id), self.ttl_s)
         pipe.set(self._image(job_id), image, ex=self.ttl_s)
+        pipe.zadd(self._queued, {job_id: time.time()})
         pipe.execute()
         return JobRecord(
             job_id=job_id,
@@ -298,9 +338,25 @@ class JobStore:
     def claim(self, job_id: str, worker: str) -> tuple[bool, JobStatus | None]:
         """queued -> running for `worker` (or running again by the same worker, when its
         earlier try of this task stopped on an error). Returns (claimed, status before)."""
-        keys = [self._job(job_id), self._running]
+        keys = [self._job(job_id), self._running, self._queued]
         ok, before = self._claim(keys=keys, args=[worker, now_iso(), job_id])
         return bool(ok), JobStatus(before.decode()) if before else None
+
+    def claim_queued(self, worker: str, limit: int) -> list[str]:
+        """Claim up to `limit` queued jobs for `worker`, oldest first, each exactly as `claim`
+        does (queued -> running, one atomic step for all). Returns their ids; canceled,
+        running, finished and expired jobs are skipped."""
+        if limit <= 0:
+            return []
+        ids = self._claim_queued(
+            keys=[self._queued, self._running], args=[worker, now_iso(), limit, self.prefix]
+        )
+        return [_text(i) for i in ids]
+
+    def queued_jobs(self) -> list[str]:
+        """Ids in the queued index, oldest first."""
+        ids: list[bytes] = self.client.zrange(self._queued, 0, -1)  # type: ignore[assignment]
+        return [_text(i) for i in ids]
 
     def release(self, job_id: str, worker: str) -> bool:
         """running -> queued by its own worker, to be retried later (transient errors)."""
@@ -394,7 +450,8 @@ class JobStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(*keys)
         pipe.srem(self._running, job_id)
-        removed, _ = pipe.execute()
+        pipe.zrem(self._queued, job_id)
+        removed, _, _ = pipe.execute()
         return bool(removed)
 
     def _run_transition(
@@ -418,7 +475,7 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self._job(job_id), self._running, self._image(job_id)]
+        keys = [self._job(job_id), self._running, self._image(job_id), self._queued]
         ok, before = self._transition(keys=keys, args=args)
         status = JobStatus(before.decode()) if before else None
         return bool(ok), status
@@ -449,7 +506,8 @@ class JobStore:
             }
         )
         rows = self._reap(
-            keys=[self._running, self._workers], args=[self.prefix, max_attempts, now_iso(), error]
+            keys=[self._running, self._workers, self._queued],
+            args=[self.prefix, max_attempts, now_iso(), error],
         )
         return [(i.decode(), JobStatus(s.decode())) for i, s in rows]
 
