@@ -46,6 +46,11 @@ class WorkerSettings(Settings):
     max_transient_retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=2.0, ge=0)
     echo_delay_s: float = Field(default=0.0, ge=0, le=600)  # diagnostics pipeline only
+    # Micro-batching: a task that starts a job also claims up to max_batch - 1 other queued
+    # jobs (waiting up to batch_wait_ms for them) and runs them all as one forward and one
+    # fit. 1 = off. The job time limits then apply to the whole batch.
+    max_batch: int = Field(default=1, ge=1, le=64)
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check_times(self) -> WorkerSettings:

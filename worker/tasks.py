@@ -1,9 +1,17 @@
 """The recover task: take a job id, run the pipeline once, write the outcome to the store.
 
 Idempotent: a task for a job that is finished, canceled, or running on another live worker
-does nothing, so redelivered or duplicate messages are harmless. Each worker process keeps
-one `WorkerContext`: its store connection, its pipeline (loaded once) and its `Presence`,
-a heartbeat thread that also re-queues jobs whose worker stopped beating (the reaper).
+does nothing, so redelivered or duplicate messages are harmless.
+
+Micro-batching (METAHMR_MAX_BATCH > 1): the task that starts a job also claims other queued
+jobs from the store (`JobStore.claim_queued`, the same atomic queued -> running step as
+`claim`, so cancel and the reaper work as for any running job) and runs them all through
+`Pipeline.run_batch`; each job gets its own progress, result, files or error. Those jobs'
+own messages arrive later and find them finished or running: a no-op, as above.
+
+Each worker process keeps one `WorkerContext`: its store connection, its pipeline (loaded
+once) and its `Presence`, a heartbeat thread that also re-queues jobs whose worker stopped
+beating (the reaper).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +44,15 @@ from worker.config import WorkerSettings
 from worker.pipeline import (
     PermanentJobError,
     Pipeline,
+    PipelineResult,
     PipelineUnavailable,
     TransientJobError,
     load_pipeline,
 )
 
 log = logging.getLogger(__name__)
+
+BATCH_POLL_S = 0.01  # how often a batch waiting for jobs (METAHMR_BATCH_WAIT_MS) looks again
 
 
 class RetryLater(Exception):
@@ -143,8 +154,9 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
-    """Run one job if it is ours to run. Returns its status afterwards (None if it is gone
-    or another worker now owns it); raises RetryLater for transient errors."""
+    """Run one job if it is ours to run (with other queued jobs, when batching is on).
+    Returns its status afterwards (None if it is gone or another worker now owns it);
+    raises RetryLater for transient errors."""
     store = ctx.store
     record = store.get(job_id)
     if record is None:
@@ -154,21 +166,118 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     if not claimed:
         log.info("job is %s; not running it again", before)
         return before
+    others = _claim_more(ctx)
+    if others:
+        return _run_batch(ctx, [job_id, *others])
     record = store.get(job_id)
     assert record is not None
     start = time.perf_counter()
-    tto_steps: tuple[int, ...] = ()
-    status: JobStatus | None
-    try:
-        data = store.image(job_id)
-        if data is None:
-            raise PermanentJobError("the uploaded image has expired; submit the job again")
-        image = decode_image(data)
+
+    def compute() -> PipelineResult:
+        image = _load_image(store, job_id)
 
         def progress(stage: str, step: int, total: int) -> None:
             store.set_progress(job_id, ctx.worker_id, stage, step, total)
 
-        out = ctx.pipeline().run(image, record.options, progress)
+        return ctx.pipeline().run(image, record.options, progress)
+
+    return _settle(ctx, job_id, record.attempts, start, compute, leader=True)
+
+
+def _claim_more(ctx: WorkerContext) -> list[str]:
+    """Up to max_batch - 1 other queued jobs, claimed for this worker; waits at most
+    batch_wait_ms for them to appear (polling the store)."""
+    want = ctx.settings.max_batch - 1
+    if want <= 0:
+        return []
+    deadline = time.monotonic() + ctx.settings.batch_wait_ms / 1000.0
+    ids = ctx.store.claim_queued(ctx.worker_id, want)
+    while len(ids) < want and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(BATCH_POLL_S, left))
+        ids += ctx.store.claim_queued(ctx.worker_id, want - len(ids))
+    return ids
+
+
+def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
+    """Run claimed jobs as one batch; settle each. Returns the first (this task's) status."""
+    store = ctx.store
+    start = time.perf_counter()
+    log.info("running a batch of %d jobs: %s", len(job_ids), ", ".join(job_ids))
+    records = {j: store.get(j) for j in job_ids}
+    outcomes: dict[str, PipelineResult | Exception] = {}
+    images = {}
+    for j in job_ids:
+        try:
+            images[j] = _load_image(store, j)
+        except Exception as exc:  # this job's image only: it fails alone
+            outcomes[j] = exc
+    ready = list(images)
+    if ready:
+        try:
+            outcomes |= zip(
+                ready,
+                ctx.pipeline().run_batch(
+                    [images[j] for j in ready],
+                    [(r.options if (r := records[j]) else {}) for j in ready],
+                    [_progress_fn(ctx, j) for j in ready],
+                ),
+                strict=True,
+            )
+        except Exception as exc:  # nothing ran: the pipeline did not load, or time ran out
+            outcomes |= dict.fromkeys(ready, exc)
+    statuses: dict[str, JobStatus | None] = {}
+    leader = job_ids[0]
+    for j in [*job_ids[1:], leader]:  # this task's own job last: its retry raises
+        attempts = r.attempts if (r := records[j]) else 0
+        with job_context(j):
+            statuses[j] = _settle(
+                ctx, j, attempts, start, _returns(outcomes[j]), leader=j == leader
+            )
+    return statuses[leader]
+
+
+def _returns(outcome: PipelineResult | Exception) -> Callable[[], PipelineResult]:
+    def compute() -> PipelineResult:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return compute
+
+
+def _progress_fn(ctx: WorkerContext, job_id: str) -> Callable[[str, int, int], None]:
+    def progress(stage: str, step: int, total: int) -> None:
+        ctx.store.set_progress(job_id, ctx.worker_id, stage, step, total)
+
+    return progress
+
+
+def _load_image(store: JobStore, job_id: str) -> np.ndarray:
+    data = store.image(job_id)
+    if data is None:
+        raise PermanentJobError("the uploaded image has expired; submit the job again")
+    return decode_image(data)
+
+
+def _settle(
+    ctx: WorkerContext,
+    job_id: str,
+    attempts: int,
+    start: float,
+    compute: Callable[[], PipelineResult],
+    *,
+    leader: bool,
+) -> JobStatus | None:
+    """Run `compute` (or take a batch's outcome) and write the job's result or error.
+
+    leader: the job is this task's own; a transient error re-raises as RetryLater. Another
+    job of a batch is put back in the queue and sent again instead (its own message may
+    already have been taken and found the job running)."""
+    store = ctx.store
+    tto_steps: tuple[int, ...] = ()
+    status: JobStatus | None
+    try:
+        out = compute()
         tto_steps = out.tto_steps
         store.put_files(job_id, out.files)
         done = store.finish(job_id, ctx.worker_id, result=out.result, files=tuple(out.files))
@@ -180,11 +289,13 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
         log.warning("job was taken over by another worker (missed heartbeats?)")
         return None
     except TransientJobError as exc:
-        if record.attempts <= ctx.settings.max_transient_retries and store.release(
-            job_id, ctx.worker_id
-        ):
+        if attempts <= ctx.settings.max_transient_retries and store.release(job_id, ctx.worker_id):
             log.warning("transient error, will retry: %s", exc)
-            raise RetryLater(ctx.settings.retry_delay_s, str(exc)) from exc
+            if leader:
+                raise RetryLater(ctx.settings.retry_delay_s, str(exc)) from exc
+            if ctx.presence is not None:
+                ctx.presence.requeue(job_id)
+            return JobStatus.QUEUED
         status = _fail(ctx, job_id, "transient_error", f"gave up after retries: {exc}")
     except PermanentJobError as exc:
         status = _fail(ctx, job_id, "bad_input", str(exc))
@@ -199,7 +310,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
             f"{ctx.settings.job_soft_time_limit_s:g} s ({type(exc).__name__})",
         )
     except Exception as exc:
-        log.exception("pipeline error")
+        log.error("pipeline error", exc_info=exc)
         status = _fail(ctx, job_id, "pipeline_error", f"{type(exc).__name__}: {exc}")
     if status is not None and status.is_final:
         store.record_finished(status, time.perf_counter() - start, tto_steps)

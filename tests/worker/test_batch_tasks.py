@@ -1,0 +1,197 @@
+"""Micro-batching in the recover task (METAHMR_MAX_BATCH > 1): the task that starts a job
+claims other queued jobs and runs them as one batch; each job gets its own outcome, a bad
+one fails alone, and the co-claimed jobs' own messages are then no-ops. Runs `run_job`
+in-process, and a real Celery worker, against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from celery.contrib.testing.worker import start_worker
+
+from service.config import Settings
+from service.jobs import JobRecord, JobStatus, JobStore
+from service.queue import TaskQueue
+from worker.celery_app import create_celery
+from worker.config import WorkerSettings
+from worker.pipeline import EchoPipeline, PipelineResult, ProgressFn, TransientJobError
+from worker.tasks import Presence, WorkerContext, run_job, stop_worker_context
+
+NOT_AN_IMAGE = b"this is not an image"
+
+
+def _ctx(
+    settings: WorkerSettings, store: JobStore, pipeline: Any = None, worker: str = "w1", **kw: Any
+) -> WorkerContext:
+    ctx = WorkerContext(settings=settings.model_copy(update=kw), store=store, worker_id=worker)
+    ctx._pipeline = pipeline or EchoPipeline(steps=2)
+    store.heartbeat(worker, 60)
+    return ctx
+
+
+def _get(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    assert record is not None
+    return record
+
+
+def test_a_task_runs_queued_jobs_with_its_own_as_one_batch(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = _ctx(worker_settings, store, max_batch=4)
+    first, second, bad, third, left = (
+        store.create(data, {}, {}).job_id
+        for data in (two_colour_jpeg, two_colour_jpeg, NOT_AN_IMAGE, two_colour_jpeg, b"")
+    )
+    assert run_job(ctx, first) is JobStatus.SUCCEEDED
+    for job_id in (first, second, third):
+        record = _get(store, job_id)
+        assert record.status is JobStatus.SUCCEEDED and record.attempts == 1
+        assert record.result is not None and record.result["timings_ms"]["batch_size"] == 3
+        assert record.progress is not None and record.progress.step == record.progress.total
+    failed = _get(store, bad)
+    assert failed.status is JobStatus.FAILED and failed.error is not None
+    assert failed.error.code == "pipeline_error"  # its image alone did not decode
+    assert _get(store, left).status is JobStatus.QUEUED  # max_batch: 4 jobs taken, not 5
+    assert store.stats().finished == {"succeeded": 3, "failed": 1}
+    # The co-claimed jobs' own messages arrive later: nothing runs twice.
+    before = {j: _get(store, j) for j in (second, bad, third)}
+    other = _ctx(worker_settings, store, worker="w2", max_batch=4)
+    assert run_job(ctx, second) is JobStatus.SUCCEEDED
+    assert run_job(other, third) is JobStatus.SUCCEEDED
+    assert run_job(other, bad) is JobStatus.FAILED
+    assert {j: _get(store, j) for j in before} == before
+    assert _get(store, left).status is JobStatus.QUEUED  # a no-op claims no batch either
+    assert store.stats().finished == {"succeeded": 3, "failed": 1}
+
+
+def test_without_max_batch_a_task_runs_only_its_job(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = _ctx(worker_settings, store)
+    first, second = (store.create(two_colour_jpeg, {}, {}).job_id for _ in range(2))
+    assert run_job(ctx, first) is JobStatus.SUCCEEDED
+    result = _get(store, first).result
+    assert result is not None and "batch_size" not in result["timings_ms"]
+    assert _get(store, second).status is JobStatus.QUEUED
+
+
+def test_a_batch_waits_batch_wait_ms_for_jobs_to_arrive(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = _ctx(worker_settings, store, max_batch=3, batch_wait_ms=2000)
+    first = store.create(two_colour_jpeg, {}, {}).job_id
+    later: list[str] = []
+
+    def submit() -> None:
+        for _ in range(2):
+            time.sleep(0.1)
+            later.append(store.create(two_colour_jpeg, {}, {}).job_id)
+
+    thread = threading.Thread(target=submit)
+    started = time.monotonic()
+    thread.start()
+    assert run_job(ctx, first) is JobStatus.SUCCEEDED
+    thread.join()
+    assert time.monotonic() - started < 1.5  # stops waiting once the batch is full
+    for job_id in (first, *later):
+        result = _get(store, job_id).result
+        assert result is not None and result["timings_ms"]["batch_size"] == 3
+
+
+def test_canceling_a_batched_job_stops_only_that_job(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = _ctx(worker_settings, store, EchoPipeline(delay_s=0.3, steps=10), max_batch=3)
+    ids = [store.create(two_colour_jpeg, {}, {}).job_id for _ in range(3)]
+    runner = threading.Thread(target=run_job, args=(ctx, ids[0]))
+    runner.start()
+    deadline = time.monotonic() + 5
+    while _get(store, ids[2]).status is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert store.cancel(ids[1]) == (True, JobStatus.RUNNING)
+    runner.join()
+    statuses = [_get(store, j).status for j in ids]
+    assert statuses == [JobStatus.SUCCEEDED, JobStatus.CANCELED, JobStatus.SUCCEEDED]
+
+
+class _TransientFor:
+    """Echo, except that the jobs asking for {"transient": true} hit a passing error."""
+
+    name = "transient-for"
+
+    def __init__(self) -> None:
+        self.echo = EchoPipeline(steps=1)
+
+    def run(
+        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+    ) -> PipelineResult:
+        if options.get("transient"):
+            raise TransientJobError("out of GPU memory")
+        return self.echo.run(image, options, progress)
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        options_list: Sequence[Mapping[str, Any]],
+        progress_list: Sequence[ProgressFn],
+    ) -> list[PipelineResult | Exception]:
+        out: list[PipelineResult | Exception] = []
+        for image, options, progress in zip(images, options_list, progress_list, strict=True):
+            try:
+                out.append(self.run(image, options, progress))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+
+def test_a_transient_error_in_a_batch_requeues_that_job(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = _ctx(worker_settings, store, _TransientFor(), max_batch=2)
+    requeued: list[str] = []
+    ctx.presence = Presence(store, ctx.worker_id, ctx.settings, requeued.append)
+    first = store.create(two_colour_jpeg, {}, {}).job_id
+    flaky = store.create(two_colour_jpeg, {"transient": True}, {}).job_id
+    assert run_job(ctx, first) is JobStatus.SUCCEEDED
+    record = _get(store, flaky)
+    assert record.status is JobStatus.QUEUED and record.worker is None
+    assert requeued == [flaky]  # sent again: its own message may already be gone
+    assert store.queued_jobs() == [flaky]
+
+
+def test_real_worker_batches_jobs_submitted_together(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    settings = worker_settings.model_copy(update={"max_batch": 4, "echo_delay_s": 0.05})
+    app = create_celery(settings)
+    ids = [store.create(two_colour_jpeg, {}, {}).job_id for _ in range(6)]
+    bad = store.create(NOT_AN_IMAGE, {}, {}).job_id
+    queue = TaskQueue(Settings(redis_url=settings.redis_url))
+    for job_id in (*ids[:3], bad, *ids[3:]):
+        queue.send(job_id)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            deadline = time.monotonic() + 20
+            while not all(_get(store, j).status.is_final for j in (*ids, bad)) or (
+                store.queue_length(settings.queue_name) > 0  # the no-op messages too
+            ):
+                assert time.monotonic() < deadline, [_get(store, j).status for j in ids]
+                time.sleep(0.05)
+    finally:
+        stop_worker_context()
+        queue.close()
+    records = [_get(store, j) for j in ids]
+    assert all(r.status is JobStatus.SUCCEEDED and r.attempts == 1 for r in records)
+    sizes = [r.result["timings_ms"].get("batch_size", 1) for r in records if r.result]
+    # Oldest first: ids[0] took ids[1..3]; bad's own message then took ids[4..5] and bad
+    # failed alone (its image does not decode) while the other two ran as a batch of 2.
+    assert sorted(sizes) == [2, 2, 4, 4, 4, 4], sizes
+    failed = _get(store, bad)
+    assert failed.status is JobStatus.FAILED and failed.attempts == 1
+    assert store.stats().finished == {"succeeded": 6, "failed": 1}
