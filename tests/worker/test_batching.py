@@ -4,17 +4,21 @@ a job with bad input, or whose progress stops it (canceled), fails alone."""
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 # The tiny exported model, its pipeline and the example person of the inference tests.
 from test_inference import FAST, body, exported, person, pipeline  # noqa: F401
 
-from service.jobs import JobCanceled
+from service.jobs import JobCanceled, JobStatus, JobStore
+from worker.config import WorkerSettings
 from worker.inference import OnnxPipeline
 from worker.pipeline import EchoPipeline, PermanentJobError, PipelineResult
+from worker.tasks import WorkerContext, run_job
 
 
 def _jobs(example: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,3 +129,40 @@ def test_echo_pipeline_batches_as_a_loop() -> None:
         assert isinstance(res, PipelineResult)
         assert res.result["image"]["height"] == image.shape[0]
         assert res.result["timings_ms"]["batch_size"] == 2
+
+
+def test_recover_task_batches_onnx_jobs_and_a_bad_one_fails_alone(
+    pipeline: OnnxPipeline,  # noqa: F811
+    person: dict[str, Any],  # noqa: F811
+    worker_settings: WorkerSettings,
+    store: JobStore,
+) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(person["image"]).save(buf, "PNG")
+    jobs = _jobs(person)[:2]
+    bad = {"people": [{"bbox": [10.0, 10.0, 5.0, 5.0]}]}
+    ids = [store.create(buf.getvalue(), o, {}).job_id for o in (jobs[0], bad, jobs[1])]
+    ctx = WorkerContext(
+        settings=worker_settings.model_copy(update={"max_batch": 3}),
+        store=store,
+        worker_id="w1",
+    )
+    ctx._pipeline = pipeline
+    store.heartbeat(ctx.worker_id, 60)
+    assert run_job(ctx, ids[0]) is JobStatus.SUCCEEDED
+    records = [store.get(j) for j in ids]
+    assert [r.status if r else None for r in records] == [
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.SUCCEEDED,
+    ]
+    failed = records[1]
+    assert failed is not None and failed.error is not None and failed.error.code == "bad_input"
+    for record, options in ((records[0], jobs[0]), (records[2], jobs[1])):
+        assert record is not None and record.result is not None
+        assert record.result["timings_ms"]["batch_size"] == 2
+        alone = pipeline.run(person["image"], options, lambda *c: None)
+        _close(
+            _without_timings(alone), {k: v for k, v in record.result.items() if k != "timings_ms"}
+        )
+        assert record.progress is not None and record.progress.stage == "fit"
