@@ -117,17 +117,28 @@ class EchoPipeline:
         progress_list: Sequence[ProgressFn],
     ) -> list[PipelineResult | Exception]:
         """One job after another (nothing here gains from a batch)."""
-        out: list[PipelineResult | Exception] = []
-        for image, options, progress in zip(images, options_list, progress_list, strict=True):
-            try:
-                res = self.run(image, options, progress)
-            except Exception as exc:
-                out.append(exc)
-                continue
-            if len(images) > 1:
-                res.result["timings_ms"]["batch_size"] = len(images)
-            out.append(res)
-        return out
+        return run_one_by_one(self, images, options_list, progress_list)
+
+
+def run_one_by_one(
+    pipeline: Pipeline,
+    images: Sequence[np.ndarray],
+    options_list: Sequence[Mapping[str, Any]],
+    progress_list: Sequence[ProgressFn],
+) -> list[PipelineResult | Exception]:
+    """`Pipeline.run_batch` for a pipeline without a batched path: `run` per job, each job's
+    exception kept as its outcome, `timings_ms.batch_size` set as a batch would."""
+    out: list[PipelineResult | Exception] = []
+    for image, options, progress in zip(images, options_list, progress_list, strict=True):
+        try:
+            res = pipeline.run(image, options, progress)
+        except Exception as exc:
+            out.append(exc)
+            continue
+        if len(images) > 1:
+            res.result["timings_ms"]["batch_size"] = len(images)
+        out.append(res)
+    return out
 
 
 def _inference_module() -> Any:

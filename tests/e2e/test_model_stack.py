@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from PIL import Image
+from result_checks import reprojection_px
 
 from model.body import load_body_model
-from model.geometry import axis_angle_to_rotmat, perspective_projection
-from model.outputs import SMPLParams
 from service.cli import main as metahmr
 from service.client import JobFailed
 from worker.runtime import SHIPPED_CHECKPOINT
@@ -41,22 +39,6 @@ def _onnx_worker(stack, model_dir: Path):  # type: ignore[no-untyped-def]
         METAHMR_ONNX_THREADS="1",
         METAHMR_TORCH_THREADS="1",
     )
-
-
-def _reprojection_px(body, smpl: dict, translation: list, keypoints: np.ndarray,
-                     image: dict) -> float:  # fmt: skip
-    """Mean pixel error of a result's SMPL + camera, from the JSON alone."""
-    aa = torch.tensor(smpl["global_orient"] + smpl["body_pose"], dtype=torch.float64)
-    rot = axis_angle_to_rotmat(aa.reshape(1, 24, 3)).float()
-    params = SMPLParams(rot[:, :1], rot[:, 1:], torch.tensor([smpl["betas"]]))
-    with torch.no_grad():
-        kp3d = body.keypoints_only(params).coco17
-    px = perspective_projection(
-        kp3d, torch.tensor([translation]), torch.tensor([image["focal_length"]]),
-        torch.tensor([[image["width"] / 2, image["height"] / 2]]),
-    )[0].numpy()  # fmt: skip
-    valid = keypoints[:, 2] > 0
-    return float(np.linalg.norm(px[valid] - keypoints[valid, :2], axis=-1).mean())
 
 
 def test_documented_recover_command_through_the_model_stack(
@@ -84,10 +66,10 @@ def test_documented_recover_command_through_the_model_stack(
     body = load_body_model()
     keypoints = np.asarray(json.loads(EXAMPLE_KEYPOINTS.read_text())["points"])
     initial = person["initial"]
-    before = _reprojection_px(
+    before = reprojection_px(
         body, initial["smpl"], initial["camera"]["translation"], keypoints, result["image"]
     )
-    after = _reprojection_px(
+    after = reprojection_px(
         body, person["smpl"], person["camera"]["translation"], keypoints, result["image"]
     )
     assert after < 0.7 * before, (before, after)

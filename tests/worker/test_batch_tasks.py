@@ -18,7 +18,13 @@ from service.jobs import JobRecord, JobStatus, JobStore
 from service.queue import TaskQueue
 from worker.celery_app import create_celery
 from worker.config import WorkerSettings
-from worker.pipeline import EchoPipeline, PipelineResult, ProgressFn, TransientJobError
+from worker.pipeline import (
+    EchoPipeline,
+    PipelineResult,
+    ProgressFn,
+    TransientJobError,
+    run_one_by_one,
+)
 from worker.tasks import Presence, WorkerContext, run_job, stop_worker_context
 
 NOT_AN_IMAGE = b"this is not an image"
@@ -141,13 +147,7 @@ class _TransientFor:
         options_list: Sequence[Mapping[str, Any]],
         progress_list: Sequence[ProgressFn],
     ) -> list[PipelineResult | Exception]:
-        out: list[PipelineResult | Exception] = []
-        for image, options, progress in zip(images, options_list, progress_list, strict=True):
-            try:
-                out.append(self.run(image, options, progress))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return run_one_by_one(self, images, options_list, progress_list)
 
 
 def test_a_transient_error_in_a_batch_requeues_that_job(

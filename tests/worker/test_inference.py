@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 from PIL import Image
+from result_checks import reprojection_px
 
 from model.body import BodyModel, load_body_model
 from model.checkpoint import random_checkpoint, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
 from model.export import export_checkpoint, file_sha256, load_manifest
-from model.geometry import axis_angle_to_rotmat, perspective_projection
 from model.keypoints import convert_keypoints
-from model.outputs import SMPLParams
 from service.cli import main as metahmr
 from training.example import example_person
 from worker.config import WorkerSettings
@@ -98,23 +96,6 @@ def _run(pipeline: OnnxPipeline, person: dict[str, object], options: dict[str, o
     calls: list[tuple[str, int, int]] = []
     out = pipeline.run(person["image"], options, lambda *c: calls.append(c))  # type: ignore[arg-type]
     return out, calls
-
-
-def reprojection_px(body: BodyModel, smpl: dict, translation: list, keypoints: np.ndarray,
-                    width: int, height: int, focal: float) -> float:  # fmt: skip
-    """Mean pixel error of a result's SMPL + camera against keypoints (17, 3), computed
-    from the JSON alone (axis-angle -> body -> full-image pinhole at the image centre)."""
-    aa = torch.tensor(smpl["global_orient"] + smpl["body_pose"], dtype=torch.float64)
-    rot = axis_angle_to_rotmat(aa.reshape(1, 24, 3)).float()
-    params = SMPLParams(rot[:, :1], rot[:, 1:], torch.tensor([smpl["betas"]]))
-    with torch.no_grad():
-        kp3d = body.keypoints_only(params).coco17
-    px = perspective_projection(
-        kp3d, torch.tensor([translation]), torch.tensor([focal]),
-        torch.tensor([[width / 2, height / 2]]),
-    )[0].numpy()  # fmt: skip
-    valid = keypoints[:, 2] > 0
-    return float(np.linalg.norm(px[valid] - keypoints[valid, :2], axis=-1).mean())
 
 
 # --- the export ------------------------------------------------------------------------------
@@ -236,7 +217,7 @@ def test_result_follows_the_contract(pipeline: OnnxPipeline, person, body: BodyM
 def test_fit_lowers_the_reprojection_error(pipeline: OnnxPipeline, person, body) -> None:  # type: ignore[no-untyped-def]
     out, _ = _run(pipeline, person, _options(person, focal_length=person["focal"]))
     (p,) = out.result["people"]
-    args = (person["keypoints"], 640, 480, person["focal"])
+    args = (person["keypoints"], out.result["image"])
     before = reprojection_px(
         body, p["initial"]["smpl"], p["initial"]["camera"]["translation"], *args
     )
