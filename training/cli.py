@@ -5,6 +5,7 @@
 - `metahmr bench synth`: synthetic data throughput, written to docs/benchmarks.md.
 - `metahmr train pretrain|meta|keypoints`: the training stages (DDP under torchrun).
 - `metahmr eval`: the evaluation protocol; writes results.json/.md and the steps plot.
+- `metahmr tune`: a checkpoint's test-time learning rates, chosen on a validation split.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     _register_train(sub)
     _register_eval(sub)
+    _register_tune(sub)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -110,6 +112,10 @@ def _register_train(sub: Any) -> None:
     pre.add_argument("--scope", choices=("head", "full"), default="head",
                      help="TTO scope recorded in the checkpoint (meta-training's default)")
     pre.add_argument("--no-aux", action="store_true", help="do not train the auxiliary net f_u")
+    pre.add_argument("--dropout", type=float, help="override the head's dropout (default 0.5)")
+    pre.add_argument("--init-backbone", type=Path,
+                     help="checkpoint whose keypoint detector's backbone initialises f_w and f_u "
+                     "(pose pre-training; same backbone name and width)")
     _loop_args(pre, lr=1e-4, warmup=500, batch_size=64)
     pre.set_defaults(func=_pretrain)
 
@@ -217,6 +223,8 @@ def _regressor(args: argparse.Namespace) -> Any:
     cfg = presets[args.size]
     backbone = BackboneConfig(args.backbone or cfg.backbone.name, args.width or cfg.backbone.width)
     cfg = replace(cfg, backbone=backbone, hidden=args.hidden or cfg.hidden)
+    if getattr(args, "dropout", None) is not None:
+        cfg = replace(cfg, dropout=args.dropout)
     return replace(cfg, crop_hw=args.crop) if args.crop else cfg
 
 
@@ -229,6 +237,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         data=tuple(str(d) for d in args.data), out_dir=str(args.out), regressor=_regressor(args),
         tto=TTOConfig(scope=args.scope), optim=_optim(args), loop=_loop(args),
         train_aux=not args.no_aux,
+        init_backbone=None if args.init_backbone is None else str(args.init_backbone),
     )
     result = run_pretrain(config, resume=args.resume)
     logging.getLogger("metahmr.train").info("pre-trained model: %s", result.checkpoint)
@@ -333,4 +342,51 @@ def _eval(args: argparse.Namespace) -> int:
 
         write_section(args.model_card, "Metrics", card_metrics(result, config.table_steps))
         logging.getLogger("metahmr.eval").info("wrote the metrics of %s", args.model_card)
+    return 0
+
+
+def _register_tune(sub: Any) -> None:
+    from training.tune import DEFAULT_LRS, TUNABLE
+
+    tune = sub.add_parser(
+        "tune", help="choose a checkpoint's TTO learning rates on a validation split",
+        description="Run one method's TTO on a validation split for each candidate learning "
+        "rate, keep the one with the lowest PA-MPJPE, write it into the checkpoint and a "
+        "section of the tuning report.",
+    )
+    tune.add_argument("--checkpoint", required=True, type=Path)
+    tune.add_argument("--method", required=True, choices=TUNABLE,
+                      help="how the checkpoint is used (eft: a pre-trained one)")
+    tune.add_argument("--val", required=True, type=Path, help="validation split folder")
+    tune.add_argument("--lrs", default=",".join(f"{v:g}" for v in DEFAULT_LRS),
+                      help="comma-separated candidate learning rates")
+    tune.add_argument("--steps", type=int, default=14, help="Adam steps the error is taken at")
+    tune.add_argument("--limit", type=int, default=256, help="validation samples (0 = all)")
+    tune.add_argument("--out", type=Path, help="tuned checkpoint (default: in place)")
+    tune.add_argument("--report", type=Path, default=Path("docs/tuning.md"))
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--workers", type=int, default=2)
+    tune.add_argument("--device", default="auto")
+    tune.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
+    tune.set_defaults(func=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.tune import TuneConfig, run_tune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        lrs = tuple(float(v) for v in args.lrs.split(",") if v)
+        config = TuneConfig(
+            checkpoint=str(args.checkpoint), method=args.method, val=str(args.val), lrs=lrs,
+            steps=args.steps, limit=args.limit or None, batch_size=args.batch_size,
+            workers=args.workers, device=args.device,
+        )
+    except ValueError as exc:
+        logging.getLogger("metahmr.tune").error("%s", exc)
+        return 2
+    run_tune(config, None if args.out is None else str(args.out), args.report)
     return 0

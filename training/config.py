@@ -103,6 +103,9 @@ class PretrainConfig:
     data: data set folders / .npz files (synthetic or SPIN layout). tto: the TTO settings
     recorded in the checkpoint (its scope is what meta-training will use by default).
     train_aux: also train f_u (the dual-network methods need one).
+    init_backbone: a checkpoint whose keypoint detector's backbone initialises the backbones
+        of f_w and f_u (pose pre-training, as CLIFF starts from a pose-estimation HRNet;
+        the architectures must match). None = random initialisation.
     """
 
     data: tuple[str, ...]
@@ -113,6 +116,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     train_aux: bool = True
+    init_backbone: str | None = None
 
 
 @dataclass(frozen=True)

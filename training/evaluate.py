@@ -194,13 +194,19 @@ def load_detector(
     return None
 
 
-def evaluate(config: EvalConfig, body: BodyModel | None = None) -> EvalResult:
-    """Run every method on every split and keypoint source; returns the rows."""
+def evaluate(
+    config: EvalConfig, body: BodyModel | None = None, methods: list[Method] | None = None
+) -> EvalResult:
+    """Run every method on every split and keypoint source; returns the rows.
+
+    methods: already built methods (`training.tune` passes ones with other TTO settings);
+    None loads config.checkpoints.
+    """
     from model.body import load_body_model
 
     device = resolve_device(config.device)
     body = (body if body is not None else load_body_model()).to(device)
-    methods = load_methods(config, device)
+    methods = methods if methods is not None else load_methods(config, device)
     scope = eval_scope(config, methods)
     detector = load_detector(config, methods, device) if "detector" in config.keypoints else None
     sources = [s for s in config.keypoints if s != "detector" or detector is not None]

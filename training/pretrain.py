@@ -79,6 +79,8 @@ class PretrainTask:
         self.f_w = build_regressor(config.regressor, seed=seed)
         # Own initialisation: f_u must not start as a copy of f_w.
         self.f_u = build_regressor(config.regressor, seed=seed + 1) if config.train_aux else None
+        if config.init_backbone is not None:
+            init_backbones(config.init_backbone, [m for m in (self.f_w, self.f_u) if m is not None])
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"f_w": self.f_w}
@@ -126,6 +128,30 @@ class PretrainTask:
             if ckpt.f_u is None:
                 raise ValueError("the checkpoint to resume has no f_u, this run trains one")
             self.f_u.load_state_dict(ckpt.f_u)
+
+
+def init_backbones(path: str, nets: list[Regressor]) -> None:
+    """Copy the backbone of the keypoint detector in checkpoint `path` into each net's.
+
+    Raises ValueError when the checkpoint has no detector or its backbone differs from the
+    regressors' (name, width), naming both.
+    """
+    from model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.detector is None or ckpt.detector_config is None:
+        raise ValueError(f"--init-backbone {path}: the checkpoint has no keypoint detector")
+    for net in nets:
+        want, have = net.config.backbone, ckpt.detector_config.backbone
+        if (want.name, want.width) != (have.name, have.width):
+            raise ValueError(
+                f"--init-backbone {path}: its detector has backbone {have.name} x{have.width}, "
+                f"the regressor {want.name} x{want.width}; they must match"
+            )
+        prefix = "backbone."
+        state = {k[len(prefix):]: v for k, v in ckpt.detector.items() if k.startswith(prefix)}
+        net.backbone.load_state_dict({k: v.float() for k, v in state.items()})
+    log.info("backbones initialised from the keypoint detector of %s", path)
 
 
 def run_pretrain(

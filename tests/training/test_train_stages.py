@@ -90,6 +90,29 @@ def test_pretrain_step_gives_finite_losses_and_gradients(data, body, batch, tmp_
     assert _grads_finite(task.f_w) and _grads_finite(task.f_u)
 
 
+def test_init_backbone_copies_the_detector_backbone_into_f_w_and_f_u(data, body, tmp_path) -> None:
+    ckpt = random_checkpoint(TINY, TINY_DETECTOR, body_model_id=body.id, seed=5)
+    path = save_checkpoint(ckpt, tmp_path / "det.pt")
+    task = PretrainTask(replace(_pretrain_config(data, tmp_path), init_backbone=str(path)), body)
+    det = ckpt.build_detector()
+    for net in (task.f_w, task.f_u):
+        for name, value in det.backbone.state_dict().items():
+            assert torch.equal(net.backbone.state_dict()[name], value), name
+    # The heads keep their own (different) initialisations.
+    assert not torch.equal(task.f_w.head.fc2.weight, task.f_u.head.fc2.weight)
+
+
+def test_init_backbone_rejects_a_detector_with_another_backbone(data, body, tmp_path) -> None:
+    wide = replace(TINY_DETECTOR, backbone=BackboneConfig("resnet18", 0.5))
+    path = save_checkpoint(random_checkpoint(TINY, wide, body_model_id=body.id), tmp_path / "d.pt")
+    with pytest.raises(ValueError, match=r"resnet18 x0.5.*resnet18 x0.25"):
+        PretrainTask(replace(_pretrain_config(data, tmp_path), init_backbone=str(path)), body)
+    bare = random_checkpoint(TINY, body_model_id=body.id, with_detector=False)
+    path = save_checkpoint(bare, tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="no keypoint detector"):
+        PretrainTask(replace(_pretrain_config(data, tmp_path), init_backbone=str(path)), body)
+
+
 def test_a_few_pretrain_steps_lower_the_loss_on_a_fixed_batch(data, body, batch, tmp_path) -> None:
     task = PretrainTask(_pretrain_config(data, tmp_path), body)
     task.train_mode()
@@ -260,3 +283,39 @@ def test_eval_noise_is_identical_across_methods(data, body, tmp_path) -> None:
     rows = evaluate(replace(config), body=body).rows
     by_method = {r["method"]: r for r in rows}
     assert by_method["eft"]["mpjpe"] == by_method["meta"]["mpjpe"]
+
+
+def test_tune_keeps_the_rate_with_the_lowest_validation_error_and_writes_it(
+    pretrained, data, body, tmp_path
+) -> None:
+    from training.tune import TuneConfig, run_tune
+
+    report = tmp_path / "tuning.md"
+    out = tmp_path / "tuned.pt"
+    config = TuneConfig(str(pretrained), "eft", str(data), lrs=(1e-9, 3e-3), steps=3,
+                        limit=8, batch_size=4, workers=0, device="cpu")
+    result = run_tune(config, str(out), report)
+    errors = [r["pa_mpjpe"] for r in result.rows]
+    assert len(errors) == 2 and result.best["pa_mpjpe"] == min(errors)
+    # A rate of 1e-9 leaves the prediction where regression put it.
+    assert abs(result.rows[0]["pa_mpjpe"] - result.baseline["pa_mpjpe"]) < 0.05
+    tuned = load_checkpoint(out)
+    assert (tuned.tto.sgd_lr, tuned.tto.adam_lr) == (result.best["lr"], result.best["lr"])
+    assert tuned.extra["tto_tuning"]["rows"] == result.rows
+    text = report.read_text()
+    assert f"## eft: {Path(pretrained).name}" in text and text.count("| kept |") == 1
+
+
+def test_tune_of_a_meta_checkpoint_keeps_its_step_zero_rate(pretrained, data, body, tmp_path) -> None:
+    from training.tune import TuneConfig, tune_tto
+
+    ckpt = load_checkpoint(pretrained)
+    path = save_checkpoint(replace(ckpt, tto=replace(ckpt.tto, sgd_lr=2e-4)), tmp_path / "m.pt")
+    config = TuneConfig(str(path), "meta-dual", str(data), lrs=(1e-4, 1e-3), steps=1,
+                        limit=4, batch_size=4, workers=0, device="cpu")
+    result = tune_tto(config, body)
+    assert {r["sgd_lr"] for r in result.rows} == {2e-4}
+    assert [r["adam_lr"] for r in result.rows] == [1e-4, 1e-3]
+    assert result.checkpoint.tto.sgd_lr == 2e-4
+    with pytest.raises(ValueError, match="tunable"):
+        TuneConfig(str(path), "regression", str(data))

@@ -1,0 +1,170 @@
+"""Choosing the test-time learning rates on a validation split (never on the test splits).
+
+`tune_tto` runs one method's TTO on the validation split (noisy ground-truth keypoints, the
+protocol's noise) once per candidate learning rate and keeps the rate with the lowest
+PA-MPJPE after `steps` Adam steps. Which rates a candidate sets:
+
+- ``eft``: both the step-0 SGD rate and the Adam rate (the pre-trained weights were never
+  trained for a particular step);
+- ``meta`` / ``meta-dual``: the Adam rate only; step 0 keeps the inner rate the
+  meta-parameters were trained for (`sgd_lr` = meta-training's `inner_lr`).
+
+The chosen rates go into the checkpoint's TTO settings (what `metahmr eval` and the service
+use), and the candidates' errors into its ``extra["tto_tuning"]`` and into a section of the
+tuning report (`docs/tuning.md`), written by the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from model.body import BodyModel
+from model.checkpoint import Checkpoint, save_checkpoint
+from training.config import EvalConfig
+from training.distributed import resolve_device
+from training.evaluate import Method, evaluate, load_methods
+
+log = logging.getLogger(__name__)
+
+TUNABLE = ("eft", "meta", "meta-dual")
+DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+CRITERION = "pa_mpjpe"
+REPORT_HEADER = (
+    "# TTO learning rates\n\n"
+    "Each section is written by `metahmr tune` for one checkpoint: the test-time learning "
+    "rates tried on the validation split and the one kept (lowest PA-MPJPE). The test "
+    "splits are never used for this. Do not edit by hand.\n"
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """checkpoint: the .pt to tune. method: how it is used ("eft", "meta", "meta-dual").
+    val: validation split folder. lrs: candidate rates. steps: Adam steps the error is
+    measured at. limit: at most this many validation samples."""
+
+    checkpoint: str
+    method: str
+    val: str
+    lrs: tuple[float, ...] = DEFAULT_LRS
+    steps: int = 14
+    limit: int | None = 256
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in TUNABLE:
+            raise ValueError(f"unknown method {self.method!r}; tunable: {TUNABLE}")
+        if not self.lrs or min(self.lrs) <= 0:
+            raise ValueError(f"lrs must be positive learning rates, got {self.lrs}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """rows: one per candidate ({"lr", "sgd_lr", "adam_lr", "mpjpe", "pa_mpjpe", ...});
+    best: the kept row; baseline: the same metrics of f_w's regression, without TTO."""
+
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    baseline: dict[str, Any]
+    checkpoint: Checkpoint
+
+
+def candidate_rates(method: str, ckpt: Checkpoint, lr: float) -> tuple[float, float]:
+    """(sgd_lr, adam_lr) a candidate `lr` stands for (see the module docstring)."""
+    return (lr, lr) if method == "eft" else (ckpt.tto.sgd_lr, lr)
+
+
+def tune_tto(config: TuneConfig, body: BodyModel | None = None) -> TuneResult:
+    """Try every candidate on the validation split; returns the rows and the tuned checkpoint."""
+    from model.body import load_body_model
+
+    device = resolve_device(config.device)
+    body = (body if body is not None else load_body_model()).to(device)
+    eval_config = EvalConfig(
+        checkpoints={config.method: config.checkpoint}, splits={"val": config.val},
+        keypoints=("noisy_gt",), steps=(0, config.steps), table_steps=config.steps,
+        batch_size=config.batch_size, workers=config.workers, device=config.device,
+        seed=config.seed, limit=config.limit, progress=False,
+    )
+    (base,) = load_methods(eval_config, device)
+    plain = Method("regression", base.checkpoint, base.f_w, None, base.ckpt)
+    baseline = _metrics(evaluate(eval_config, body, methods=[plain]).rows[0])
+    rows = []
+    for lr in config.lrs:
+        sgd_lr, adam_lr = candidate_rates(config.method, base.ckpt, lr)
+        tto = replace(base.ckpt.tto, sgd_lr=sgd_lr, adam_lr=adam_lr)
+        method = Method(base.name, base.checkpoint, base.f_w, base.f_u, replace(base.ckpt, tto=tto))
+        result = evaluate(eval_config, body, methods=[method])
+        by_steps = {r["steps"]: r for r in result.rows}
+        rows.append({"lr": lr, "sgd_lr": sgd_lr, "adam_lr": adam_lr, **_metrics(by_steps[config.steps])})
+        log.info("%s lr %g: PA-MPJPE %.1f mm", config.method, lr, rows[-1][CRITERION])
+    best = min(rows, key=lambda r: r[CRITERION])
+    tuned = replace(
+        base.ckpt,
+        tto=replace(base.ckpt.tto, sgd_lr=best["sgd_lr"], adam_lr=best["adam_lr"]),
+        extra={**base.ckpt.extra, "tto_tuning": {
+            "method": config.method, "val": config.val, "steps": config.steps,
+            "samples": result.samples.get("val", 0), "criterion": CRITERION,
+            "rows": rows, "baseline": baseline, "best_lr": best["lr"]}},
+    )
+    return TuneResult(rows, best, baseline, tuned)
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, float]:
+    return {k: row[k] for k in ("mpjpe", "pa_mpjpe", "pve", "pck")}
+
+
+def report_section(config: TuneConfig, result: TuneResult, samples: int) -> str:
+    """The markdown body of this checkpoint's section of the tuning report."""
+    base = result.baseline
+    lines = [
+        f"Checkpoint `{config.checkpoint}`, method {config.method}, validation split "
+        f"`{config.val}` ({samples} samples, noisy ground-truth keypoints), {config.steps} "
+        "Adam steps after step 0. "
+        + ("Each rate is both the step-0 SGD rate and the Adam rate."
+           if config.method == "eft" else
+           f"Step 0 keeps the meta-trained inner rate {result.best['sgd_lr']:g}; the rate "
+           "tried is the Adam rate."),
+        "",
+        f"Without TTO: MPJPE {base['mpjpe']:.1f} mm, PA-MPJPE {base['pa_mpjpe']:.1f} mm.",
+        "",
+        "| lr | MPJPE (mm) | PA-MPJPE (mm) | PVE (mm) | PCK@0.05 | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        kept = "kept" if r is result.best else ""
+        lines.append(f"| {r['lr']:g} | {r['mpjpe']:.1f} | {r['pa_mpjpe']:.1f} | {r['pve']:.1f} | "
+                     f"{100 * r['pck']:.1f} | {kept} |")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, config: TuneConfig, result: TuneResult) -> None:
+    """Replace (or add) this checkpoint's section of the tuning report at `path`."""
+    from service.benchdoc import write_section
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(REPORT_HEADER)
+    samples = int(result.checkpoint.extra["tto_tuning"]["samples"])
+    name = f"{config.method}: {Path(config.checkpoint).name}"
+    write_section(path, name, report_section(config, result, samples))
+
+
+def run_tune(config: TuneConfig, out: str | None, report: Path | None) -> TuneResult:
+    """Tune, save the tuned checkpoint (to `out`, default in place) and write the report."""
+    result = tune_tto(config)
+    target = out or config.checkpoint
+    save_checkpoint(result.checkpoint, target)
+    log.info("kept lr %g (PA-MPJPE %.1f mm) -> %s", result.best["lr"], result.best[CRITERION], target)
+    if report is not None:
+        write_report(report, config, result)
+        log.info("wrote %s", report)
+    return result
