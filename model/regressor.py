@@ -22,8 +22,12 @@ NUM_BETAS = 10
 POSE_DIM = NUM_JOINTS * 6
 CAM_DIM = 3
 BBOX_INFO_DIM = 3
-# The decoder layers that emit pose, shape and camera: the "output" subset of the head.
-OUTPUT_LAYERS = ("decpose", "decshape", "deccam")
+STATE_DIM = POSE_DIM + NUM_BETAS + CAM_DIM
+# The decoder layer that emits pose, shape and camera: the "output" subset of the head.
+OUTPUT_LAYERS = ("dec",)
+# HMR's three decoders (pose, shape, camera), as earlier checkpoints store them; loading
+# one concatenates them into `dec` (the same linear map, row blocks in this order).
+LEGACY_DECODERS = ("decpose", "decshape", "deccam")
 
 # Mean crop camera (s, tx, ty): a ~1.7 m person filling ~80% of the box height, centred.
 MEAN_CROP_CAM = (0.9, 0.0, 0.0)
@@ -60,7 +64,7 @@ class RegressorHead(nn.Module):
             raise ValueError(f"n_iter must be >= 1, got {n_iter}")
         self.feature_dim = feature_dim
         self.n_iter = n_iter
-        state_dim = POSE_DIM + NUM_BETAS + CAM_DIM
+        state_dim = STATE_DIM
         # HMR's fc1 over [features, bbox_info, pose, betas, cam], split in two layers (the sum
         # of the two is exactly the one layer over the concatenation): the feature part is
         # constant while only the decoders adapt (TTO "output" subset), so it is computed
@@ -72,16 +76,21 @@ class RegressorHead(nn.Module):
         self.drop1 = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, hidden)
         self.drop2 = nn.Dropout(dropout)
-        self.decpose = nn.Linear(hidden, POSE_DIM)
-        self.decshape = nn.Linear(hidden, NUM_BETAS)
-        self.deccam = nn.Linear(hidden, CAM_DIM)
-        # Small decoder weights: the first prediction stays close to the mean parameters.
-        for layer in (self.decpose, self.decshape, self.deccam):
-            nn.init.xavier_uniform_(layer.weight, gain=0.01)
-            nn.init.zeros_(layer.bias)
+        # HMR's pose, shape and camera decoders as one layer: the state (pose, betas, cam)
+        # gets one residual per iteration from one matrix product instead of three (every
+        # row is the same function of x; Adam, elementwise, takes the same steps).
+        self.dec = nn.Linear(hidden, state_dim)
+        # Small decoder weights (per block, as three layers would have): the first
+        # prediction stays close to the mean parameters.
+        start = 0
+        for size in (POSE_DIM, NUM_BETAS, CAM_DIM):
+            nn.init.xavier_uniform_(self.dec.weight[start : start + size], gain=0.01)
+            start += size
+        nn.init.zeros_(self.dec.bias)
         self.register_buffer("init_pose", rotmat_to_rot6d(mean_rotations()).reshape(1, POSE_DIM))
         self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
         self.register_buffer("init_cam", torch.tensor([MEAN_CROP_CAM]))
+        self._register_load_state_dict_pre_hook(_fuse_legacy_decoders)
 
     def forward(
         self, features: Tensor, bbox_info: Tensor, feature_term: Tensor | None = None
@@ -103,21 +112,27 @@ class RegressorHead(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (pose6d (B, 144), betas (B, 10), crop_cam (B, 3))."""
         base = self.feature_term(features, bbox_info) if feature_term is None else feature_term
-        batch = base.shape[0]
-        pose = self.init_pose.expand(batch, -1)
-        betas = self.init_betas.expand(batch, -1)
-        cam = self.init_cam.expand(batch, -1)
+        init = torch.cat([self.init_pose, self.init_betas, self.init_cam], dim=1)
+        state = init.expand(base.shape[0], -1)
         for _ in range(self.n_iter):
-            x = base + self.fc1_state(torch.cat([pose, betas, cam], dim=1))
-            x = self.drop2(self.fc2(self.drop1(x)))
-            pose = self.decpose(x) + pose
-            betas = self.decshape(x) + betas
-            cam = self.deccam(x) + cam
+            x = self.drop2(self.fc2(self.drop1(base + self.fc1_state(state))))
+            state = self.dec(x) + state
+        pose, betas, cam = state.split((POSE_DIM, NUM_BETAS, CAM_DIM), dim=1)
         return pose, betas, cam
 
     def output_parameter_names(self) -> tuple[str, ...]:
-        """Names (relative to the head) of the decoder layers' parameters."""
+        """Names (relative to the head) of the decoder layer's parameters."""
         return tuple(n for n, _ in self.named_parameters() if n.split(".")[0] in OUTPUT_LAYERS)
+
+
+def _fuse_legacy_decoders(state_dict: dict[str, Tensor], prefix: str, *_args: object) -> None:
+    """Load hook: a state dict with HMR's three decoders gets them as the one `dec` layer."""
+    keys = [f"{prefix}{name}.weight" for name in LEGACY_DECODERS]
+    if not all(k in state_dict for k in keys):
+        return
+    for part in ("weight", "bias"):
+        blocks = [state_dict.pop(f"{prefix}{name}.{part}") for name in LEGACY_DECODERS]
+        state_dict[f"{prefix}dec.{part}"] = torch.cat(blocks, dim=0)
 
 
 def _init_split_linear(feat: nn.Linear, state: nn.Linear) -> None:

@@ -95,11 +95,34 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout() -> None:
         assert not torch.equal(net.head(feats, info).crop_cam, net.head(feats, info).crop_cam)
 
 
-def test_output_layers_are_the_decoders() -> None:
+def test_output_layers_are_the_decoder() -> None:
     names = build_regressor(TINY).head.output_parameter_names()
-    assert set(names) == {
-        f"{m}.{p}" for m in ("decpose", "decshape", "deccam") for p in ("weight", "bias")
-    }
+    assert set(names) == {"dec.weight", "dec.bias"}
+
+
+def test_three_decoder_state_dict_loads_into_the_fused_decoder_with_equal_outputs() -> None:
+    """Checkpoints from before the fused decoder (decpose/decshape/deccam) load unchanged:
+    the fused layer is their concatenation and predicts the same."""
+    net = build_regressor(TINY, seed=3).eval()
+    with torch.no_grad():
+        net.head.dec.weight.normal_(0, 0.05)
+        net.head.dec.bias.normal_(0, 0.05)
+    state = net.state_dict()
+    legacy = {k: v for k, v in state.items() if not k.startswith("head.dec.")}
+    sizes = {"decpose": 144, "decshape": 10, "deccam": 3}
+    start = 0
+    for name, size in sizes.items():
+        for part in ("weight", "bias"):
+            legacy[f"head.{name}.{part}"] = state[f"head.dec.{part}"][start : start + size].clone()
+        start += size
+    other = build_regressor(TINY, seed=9).eval()
+    other.load_state_dict(legacy)
+    images, info = torch.randn(2, 3, 128, 96), torch.randn(2, 3)
+    with torch.no_grad():
+        a, b = net(images, info), other(images, info)
+    assert torch.equal(a.crop_cam, b.crop_cam)
+    assert torch.equal(a.params.body_pose, b.params.body_pose)
+    assert torch.equal(a.params.betas, b.params.betas)
 
 
 def test_regressor_gradients_are_finite() -> None:

@@ -219,7 +219,7 @@ def test_inner_step_first_and_second_order_gradients(body, nets) -> None:
     f_w, f_u = nets
     batch = _head_batch(body, f_w, f_u, 2, seed=7)
     head = f_w.head
-    names = ["decpose.weight", "deccam.weight", "deccam.bias"]
+    names = ["dec.weight", "dec.bias", "fc2.bias"]
     w = LossWeights()
 
     def outer_grads(first_order: bool) -> list[torch.Tensor]:
