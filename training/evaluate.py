@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -215,6 +216,7 @@ def evaluate(
     steps = tuple(sorted(set(config.steps)))
     errors: dict[tuple[str, str, str, int], list[SampleErrors]] = defaultdict(list)
     samples = {}
+    timing: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # method: [s, people]
     for split_index, (split, folder) in enumerate(config.splits.items()):
         gen = torch.Generator().manual_seed(config.seed * 1000 + split_index)
         loader = _loader(folder, config)
@@ -227,11 +229,15 @@ def evaluate(
             keypoints = {"noisy_gt": noisy_keypoints(batch, gen)} if "noisy_gt" in sources else {}
             if detector is not None and "detector" in sources:
                 keypoints["detector"] = detector_keypoints(detector, batch)
-            for key, err in _batch_errors(methods, batch, keypoints, body, scope, steps):
+            for key, err in _batch_errors(methods, batch, keypoints, body, scope, steps, timing):
                 errors[(split, *key)].append(err)
     rows = _rows(errors, scope, list(config.splits))
     model = _model_info(methods, body, scope)
-    return EvalResult(rows, model, _method_info(methods), samples)
+    info = _method_info(methods)
+    for name, (seconds, people) in timing.items():
+        info[name]["tto_ms_per_person"] = round(1000 * seconds / max(people, 1), 2)
+        info[name]["tto_steps_timed"] = max(steps)
+    return EvalResult(rows, model, info, samples)
 
 
 def _batch_errors(
@@ -241,7 +247,10 @@ def _batch_errors(
     body: BodyModel,
     scope: str,
     steps: tuple[int, ...],
+    timing: dict[str, list[float]] | None = None,
 ) -> list[tuple[tuple[str, str, int], SampleErrors]]:
+    """Per-sample errors of every method on one batch. timing: method -> [seconds of TTO
+    (the backbone/auxiliary forwards excluded), people fitted], accumulated."""
     out = []
     for method in methods:
         images = network_input(batch.image, method.f_w.config.crop_hw)
@@ -258,7 +267,11 @@ def _batch_errors(
             with torch.no_grad():
                 aux = method.f_u(images, batch.bbox_info)
         for source, kp in keypoints.items():
+            start = time.perf_counter()
             preds = tto_predictions(method, images, features, aux, batch, kp, body, scope, steps)
+            if timing is not None:
+                timing[method.name][0] += time.perf_counter() - start
+                timing[method.name][1] += batch.batch_size
             out += [((source, method.name, k), sample_errors(p, batch, body)) for k, p in preds.items()]
     return out
 
@@ -372,6 +385,10 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
         "- samples: " + ", ".join(f"{s} {n}" for s, n in result.samples.items()),
         "- checkpoints: " + ", ".join(
             f"{k} `{v['checkpoint']}`" for k, v in result.methods.items()),
+        "- TTO learning rates (step-0 SGD / Adam): " + ", ".join(
+            f"{k} {v['sgd_lr']:g} / {v['adam_lr']:g}" for k, v in result.methods.items()
+            if v["tto"]),
+        *_timing_lines(result.methods),
         "",
         "MPJPE / PA-MPJPE / PVE in mm (lower is better), PCK@0.05 of the box size in % "
         "(higher is better).",
@@ -389,6 +406,16 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Error against TTO steps", "", f"![steps vs error]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def _timing_lines(methods: dict[str, dict[str, Any]]) -> list[str]:
+    timed = {k: v for k, v in methods.items() if "tto_ms_per_person" in v}
+    if not timed:
+        return []
+    steps = next(iter(timed.values()))["tto_steps_timed"]
+    return ["- TTO wall time per person, step 0 + " + f"{steps} Adam steps, batched as "
+            "evaluated (this machine): " + ", ".join(
+                f"{k} {v['tto_ms_per_person']:.1f} ms" for k, v in timed.items())]
 
 
 def card_metrics(result: EvalResult, table_steps: int) -> str:

@@ -260,6 +260,10 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert all(r["mpjpe"] >= r["pa_mpjpe"] >= 0 and 0 <= r["pck"] <= 1 for r in rows)
     md = paths[1].read_text()
     assert "| meta-dual |" in md and RESULTS_PNG in md
+    methods = payload["methods"]
+    assert "tto_ms_per_person" not in methods["regression"]
+    assert all(methods[m]["tto_ms_per_person"] > 0 for m in ("eft", "meta", "meta-dual"))
+    assert "TTO wall time per person" in md and "TTO learning rates" in md
     # The same tables go into a model card's Metrics section, the rest of the card untouched.
     from service.benchdoc import write_section
     from training.evaluate import card_metrics
