@@ -293,7 +293,9 @@ def _register_eval(sub: Any) -> None:
                     help="comma-separated Adam step counts for the curve (default 0..30)")
     ev.add_argument("--table-steps", type=int, default=14)
     ev.add_argument("--keypoints", default="noisy_gt,detector", help="comma-separated sources")
-    ev.add_argument("--scope", choices=("head", "full"), help="default: the meta-dual checkpoint's")
+    ev.add_argument("--scope", choices=("head", "full", "head,full"),
+                    help="TTO scope of every method (default: the meta-dual checkpoint's); "
+                    "head,full compares both")
     ev.add_argument("--detector-checkpoint", type=Path, help="default: first with a detector")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--workers", type=int, default=2)

@@ -188,7 +188,8 @@ class EvalConfig:
     splits: split name -> data set folder (never used for tuning anything).
     steps: Adam step counts after step 0 the curve is recorded at.
     scope: the TTO scope for every method (None = the meta-dual checkpoint's, else the
-        first given checkpoint's), so all methods adapt the same weights.
+        first given checkpoint's), so all methods adapt the same weights; "head,full"
+        runs every TTO method in both (the scope comparison; rows carry their scope).
     detector_checkpoint: where the keypoint detector comes from (None = the first
         checkpoint that has one).
     """
@@ -217,3 +218,7 @@ class EvalConfig:
             raise ValueError(f"unknown keypoint sources {sorted(bad)}; valid: {KEYPOINT_SOURCES}")
         if not self.steps or min(self.steps) < 0:
             raise ValueError(f"steps must be a non-empty list of counts >= 0, got {self.steps}")
+        if self.scope is not None and (
+            not self.scope or set(self.scope.split(",")) - set(TTO_SCOPES)
+        ):
+            raise ValueError(f"unknown TTO scope in {self.scope!r}; valid: {TTO_SCOPES}")

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Subset
 
 from model.body import BodyModel
 from model.checkpoint import Checkpoint, load_checkpoint
+from model.config import TTO_SCOPES
 from model.keypoint_detector import KeypointDetector, crop_to_image, detect
 from model.losses import project_points
 from model.outputs import RegressorOutput
@@ -171,13 +172,13 @@ def load_methods(config: EvalConfig, device: torch.device) -> list[Method]:
     return methods
 
 
-def eval_scope(config: EvalConfig, methods: list[Method]) -> str:
-    """One scope for all methods: asked for, else the meta-dual checkpoint's (it must
-    match its meta-training), else the first method's."""
+def eval_scopes(config: EvalConfig, methods: list[Method]) -> tuple[str, ...]:
+    """The scopes every TTO method runs in: asked for (one, or several to compare), else
+    the meta-dual checkpoint's (it must match its meta-training), else the first method's."""
     if config.scope is not None:
-        return config.scope
+        return tuple(config.scope.split(","))
     by_name = {m.name: m for m in methods}
-    return (by_name.get("meta-dual") or methods[0]).ckpt.tto.scope
+    return ((by_name.get("meta-dual") or methods[0]).ckpt.tto.scope,)
 
 
 def load_detector(
@@ -208,15 +209,15 @@ def evaluate(
     device = resolve_device(config.device)
     body = (body if body is not None else load_body_model()).to(device)
     methods = methods if methods is not None else load_methods(config, device)
-    scope = eval_scope(config, methods)
+    scopes = eval_scopes(config, methods)
     detector = load_detector(config, methods, device) if "detector" in config.keypoints else None
     sources = [s for s in config.keypoints if s != "detector" or detector is not None]
     if len(sources) < len(config.keypoints):
         log.warning("no checkpoint has a keypoint detector: detector keypoints skipped")
     steps = tuple(sorted(set(config.steps)))
-    errors: dict[tuple[str, str, str, int], list[SampleErrors]] = defaultdict(list)
+    errors: dict[tuple[str, str, str, str, int], list[SampleErrors]] = defaultdict(list)
     samples = {}
-    timing: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # method: [s, people]
+    timing: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for split_index, (split, folder) in enumerate(config.splits.items()):
         gen = torch.Generator().manual_seed(config.seed * 1000 + split_index)
         loader = _loader(folder, config)
@@ -229,13 +230,14 @@ def evaluate(
             keypoints = {"noisy_gt": noisy_keypoints(batch, gen)} if "noisy_gt" in sources else {}
             if detector is not None and "detector" in sources:
                 keypoints["detector"] = detector_keypoints(detector, batch)
-            for key, err in _batch_errors(methods, batch, keypoints, body, scope, steps, timing):
+            for key, err in _batch_errors(methods, batch, keypoints, body, scopes, steps, timing):
                 errors[(split, *key)].append(err)
-    rows = _rows(errors, scope, list(config.splits))
-    model = _model_info(methods, body, scope)
+    rows = _rows(errors, list(config.splits))
+    model = _model_info(methods, body, scopes)
     info = _method_info(methods)
-    for name, (seconds, people) in timing.items():
-        info[name]["tto_ms_per_person"] = round(1000 * seconds / max(people, 1), 2)
+    for (name, scope), (seconds, people) in timing.items():
+        per_scope = info[name].setdefault("tto_ms_per_person", {})
+        per_scope[scope] = round(1000 * seconds / max(people, 1), 2)
         info[name]["tto_steps_timed"] = max(steps)
     return EvalResult(rows, model, info, samples)
 
@@ -245,34 +247,37 @@ def _batch_errors(
     batch: HMRBatch,
     keypoints: dict[str, Tensor],
     body: BodyModel,
-    scope: str,
+    scopes: tuple[str, ...],
     steps: tuple[int, ...],
-    timing: dict[str, list[float]] | None = None,
-) -> list[tuple[tuple[str, str, int], SampleErrors]]:
-    """Per-sample errors of every method on one batch. timing: method -> [seconds of TTO
-    (the backbone/auxiliary forwards excluded), people fitted], accumulated."""
+    timing: dict[tuple[str, str], list[float]] | None = None,
+) -> list[tuple[tuple[str, str, str, int], SampleErrors]]:
+    """Per-sample errors of every method (in every scope) on one batch, keyed (keypoints,
+    method, scope, steps). timing: (method, scope) -> [seconds of TTO (the backbone and
+    auxiliary forwards excluded), people fitted], accumulated."""
     out = []
     for method in methods:
         images = network_input(batch.image, method.f_w.config.crop_hw)
         if not method.uses_tto:
             err = sample_errors(regression(method, images, batch), batch, body)
-            out += [((source, method.name, 0), err) for source in keypoints]
+            out += [((source, method.name, "none", 0), err) for source in keypoints]
             continue
         features = None
-        if scope == "head":  # backbone once per batch, not once per fit
+        if "head" in scopes:  # backbone once per batch, not once per fit
             with torch.no_grad():
                 features = method.f_w.backbone(images)
         aux = None
         if method.f_u is not None:
             with torch.no_grad():
                 aux = method.f_u(images, batch.bbox_info)
-        for source, kp in keypoints.items():
+        for scope, (source, kp) in ((sc, item) for sc in scopes for item in keypoints.items()):
             start = time.perf_counter()
-            preds = tto_predictions(method, images, features, aux, batch, kp, body, scope, steps)
+            feats = features if scope == "head" else None
+            preds = tto_predictions(method, images, feats, aux, batch, kp, body, scope, steps)
             if timing is not None:
-                timing[method.name][0] += time.perf_counter() - start
-                timing[method.name][1] += batch.batch_size
-            out += [((source, method.name, k), sample_errors(p, batch, body)) for k, p in preds.items()]
+                timing[(method.name, scope)][0] += time.perf_counter() - start
+                timing[(method.name, scope)][1] += batch.batch_size
+            out += [((source, method.name, scope, k), sample_errors(p, batch, body))
+                    for k, p in preds.items()]
     return out
 
 
@@ -295,24 +300,26 @@ def _progress(loader: DataLoader, config: EvalConfig, split: str) -> Any:
 
 
 def _rows(
-    errors: dict[tuple[str, str, str, int], list[SampleErrors]], scope: str, splits: list[str]
+    errors: dict[tuple[str, str, str, str, int], list[SampleErrors]], splits: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per (split, keypoints, method, steps), in protocol order."""
+    """One row per (split, keypoints, method, scope, steps), in protocol order."""
+    scope_order = ("none", *TTO_SCOPES)
 
-    def order(key: tuple[str, str, str, int]) -> tuple[int, int, int, int]:
-        split, source, method, k = key
-        return splits.index(split), KEYPOINT_SOURCES.index(source), METHODS.index(method), k
+    def order(key: tuple[str, str, str, str, int]) -> tuple[int, int, int, int, int]:
+        split, source, method, scope, k = key
+        return (splits.index(split), KEYPOINT_SOURCES.index(source), METHODS.index(method),
+                scope_order.index(scope), k)
 
     rows = []
-    for (split, source, method, k), parts in sorted(errors.items(), key=lambda kv: order(kv[0])):
+    for key, parts in sorted(errors.items(), key=lambda kv: order(kv[0])):
+        split, source, method, scope, k = key
         means = SampleErrors.cat(parts).means()
-        rows.append({"split": split, "keypoints": source, "method": method,
-                     "scope": "none" if method == "regression" else scope, "steps": k,
-                     **{m: round(v, 4) for m, v in means.items()}})
+        rows.append({"split": split, "keypoints": source, "method": method, "scope": scope,
+                     "steps": k, **{m: round(v, 4) for m, v in means.items()}})
     return rows
 
 
-def _model_info(methods: list[Method], body: BodyModel, scope: str) -> dict[str, Any]:
+def _model_info(methods: list[Method], body: BodyModel, scopes: tuple[str, ...]) -> dict[str, Any]:
     main = next((m for m in methods if m.name == "meta-dual"), methods[0])
     return {
         "name": main.ckpt.model_name,
@@ -321,7 +328,7 @@ def _model_info(methods: list[Method], body: BodyModel, scope: str) -> dict[str,
         "regressor": main.f_w.config.backbone.name,
         "backbone_width": main.f_w.config.backbone.width,
         "crop_hw": list(main.f_w.config.crop_hw),
-        "tto_scope": scope,
+        "tto_scope": ",".join(scopes),
     }
 
 
@@ -357,9 +364,12 @@ def write_report(result: EvalResult, out_dir: str | Path, table_steps: int = 14)
     return [json_path, md_path, png_path]
 
 
-def _row_at(rows: list[dict[str, Any]], split: str, source: str, method: str, steps: int) -> dict[str, Any] | None:
+def _row_at(
+    rows: list[dict[str, Any]], split: str, source: str, method: str, scope: str, steps: int
+) -> dict[str, Any] | None:
     """The row at the largest recorded step count <= steps (regression: its one row)."""
-    candidates = [r for r in rows if (r["split"], r["keypoints"], r["method"]) == (split, source, method)]
+    key = (split, source, method, scope)
+    candidates = [r for r in rows if (r["split"], r["keypoints"], r["method"], r["scope"]) == key]
     below = [r for r in candidates if r["steps"] <= steps] or candidates
     return max(below, key=lambda r: r["steps"]) if below else None
 
@@ -368,7 +378,8 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
     rows = result.rows
     splits = list(dict.fromkeys(r["split"] for r in rows))
     sources = list(dict.fromkeys(r["keypoints"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    entries = list(dict.fromkeys((r["method"], r["scope"]) for r in rows))
+    several = len({scope for _, scope in entries if scope != "none"}) > 1
     tto_steps = sorted({r["steps"] for r in rows if r["method"] != "regression"})
     shown = max([s for s in tto_steps if s <= table_steps], default=0)
     m = result.model
@@ -397,10 +408,10 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
         lines += ["", f"## Keypoints: {source}", ""]
         header = ["method"] + [f"{s} {METRIC_LABELS[k]}" for s in splits for k in METRICS]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in methods:
-            cells = [method]
+        for method, scope in entries:
+            cells = [f"{method} ({scope})" if several and scope != "none" else method]
             for split in splits:
-                row = _row_at(rows, split, source, method, shown)
+                row = _row_at(rows, split, source, method, scope, shown)
                 for k in METRICS:
                     cells.append("-" if row is None else _fmt_metric(k, row[k]))
             lines.append("| " + " | ".join(cells) + " |")
@@ -415,7 +426,8 @@ def _timing_lines(methods: dict[str, dict[str, Any]]) -> list[str]:
     steps = next(iter(timed.values()))["tto_steps_timed"]
     return ["- TTO wall time per person, step 0 + " + f"{steps} Adam steps, batched as "
             "evaluated (this machine): " + ", ".join(
-                f"{k} {v['tto_ms_per_person']:.1f} ms" for k, v in timed.items())]
+                f"{k} ({scope}) {ms:.1f} ms" for k, v in timed.items()
+                for scope, ms in v["tto_ms_per_person"].items())]
 
 
 def card_metrics(result: EvalResult, table_steps: int) -> str:
@@ -446,12 +458,13 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     for col, split in enumerate(splits):
         for row_i, metric in enumerate(("mpjpe", "pa_mpjpe")):
             ax = axes[row_i][col]
-            groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+            groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
                 if r["split"] == split:
-                    groups[(r["method"], r["keypoints"])].append(r)
-            first_source = next(iter(groups), ("", ""))[1]
-            for (method, source), rs in sorted(groups.items()):
+                    groups[(r["method"], r["keypoints"], r["scope"])].append(r)
+            first_source = next(iter(groups), ("", "", ""))[1]
+            several = len({k[2] for k in groups if k[2] != "none"}) > 1
+            for (method, source, scope), rs in sorted(groups.items()):
                 if method == "regression" and source != first_source:
                     continue  # regression ignores the keypoints: one line is enough
                 rs = sorted(rs, key=lambda r: r["steps"])
@@ -461,7 +474,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
                     xs, ys = [0, max_steps], [ys[0], ys[0]]
                     label = "regression"
                 else:
-                    label = f"{method} ({source})"
+                    label = f"{method} ({source}{', ' + scope if several else ''})"
                 ax.plot(xs, ys, styles.get(source, ":"), marker="o", ms=3, label=label)
             ax.set_title(f"{split}: {METRIC_LABELS[metric]}")
             ax.set_xlabel("Adam steps after step 0")

@@ -26,7 +26,14 @@ from training.config import (
     PretrainConfig,
 )
 from training.datasets import HMRDataset, collate_samples
-from training.evaluate import RESULTS_JSON, RESULTS_MD, RESULTS_PNG, evaluate, write_report
+from training.evaluate import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    RESULTS_PNG,
+    evaluate,
+    markdown_report,
+    write_report,
+)
 from training.keypoints_train import crop_keypoints, heatmap_targets
 from training.meta import MetaTask
 from training.pretrain import PretrainTask, run_pretrain
@@ -262,7 +269,7 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert "| meta-dual |" in md and RESULTS_PNG in md
     methods = payload["methods"]
     assert "tto_ms_per_person" not in methods["regression"]
-    assert all(methods[m]["tto_ms_per_person"] > 0 for m in ("eft", "meta", "meta-dual"))
+    assert all(methods[m]["tto_ms_per_person"]["head"] > 0 for m in ("eft", "meta", "meta-dual"))
     assert "TTO wall time per person" in md and "TTO learning rates" in md
     # The same tables go into a model card's Metrics section, the rest of the card untouched.
     from service.benchdoc import write_section
@@ -274,6 +281,27 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     text = card.read_text()
     assert "old" not in text and "steps: 3" in text and "## Limits\n\nmany" in text
     assert "### Keypoints: noisy_gt" in text and "| meta-dual |" in text
+
+
+def test_eval_compares_scopes_with_rows_and_timings_for_each(data, body, tmp_path) -> None:
+    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
+                           tmp_path / "m.pt")
+    config = EvalConfig(
+        checkpoints={"regression": str(path), "meta-dual": str(path)}, splits={"test": str(data)},
+        keypoints=("noisy_gt",), steps=(0, 1), batch_size=4, workers=0, limit=4,
+        progress=False, scope="head,full",
+    )
+    result = evaluate(config, body=body)
+    scopes = {(r["method"], r["scope"], r["steps"]) for r in result.rows}
+    assert scopes == {("regression", "none", 0), ("meta-dual", "head", 0), ("meta-dual", "head", 1),
+                      ("meta-dual", "full", 0), ("meta-dual", "full", 1)}
+    by = {(r["scope"], r["steps"]): r["mpjpe"] for r in result.rows if r["method"] == "meta-dual"}
+    assert by[("head", 1)] != by[("full", 1)]  # different weights adapt
+    assert set(result.methods["meta-dual"]["tto_ms_per_person"]) == {"head", "full"}
+    md = markdown_report(result, 14, RESULTS_PNG)
+    assert "| meta-dual (head) |" in md and "| meta-dual (full) |" in md
+    with pytest.raises(ValueError, match="unknown TTO scope"):
+        EvalConfig({"eft": "c.pt"}, {"test": "d"}, scope="head,everything")
 
 
 def test_eval_noise_is_identical_across_methods(data, body, tmp_path) -> None:
