@@ -63,6 +63,28 @@ KEYPOINT_SOURCES: dict[str, tuple[int, ...]] = {
 }
 
 
+def _shape_matrix(dirs: Tensor) -> Tensor:
+    """Shape directions (P, 3, num_betas) as a (num_betas, P * 3) matrix."""
+    return dirs.reshape(-1, dirs.shape[-1]).T.contiguous()
+
+
+def _blend(template: Tensor, shape_matrix: Tensor, betas: Tensor) -> Tensor:
+    """template (P, 3) + the shape blend of betas (B, num_betas) -> (B, P, 3)."""
+    return template + (betas @ shape_matrix).view(betas.shape[0], -1, 3)
+
+
+def _skin(weights: Tensor, rot: Tensor, trans: Tensor, points: Tensor) -> Tensor:
+    """Linear blend skinning: points (B, P, 3) with weights (P, J) over the joint
+    transforms rot (B, J, 3, 3), trans (B, J, 3) -> (B, P, 3)."""
+    b, j = rot.shape[:2]
+    skin_r = (weights @ rot.reshape(b, j, 9)).view(b, -1, 3, 3)
+    return (skin_r @ points[..., None])[..., 0] + weights @ trans
+
+
+def _same_dtype(matrix: Tensor, like: Tensor) -> Tensor:
+    return matrix if matrix.dtype == like.dtype else matrix.to(like.dtype)
+
+
 class BodyModelError(ValueError):
     """A body model file that cannot be used, with what to do about it."""
 
@@ -214,6 +236,12 @@ class BodyModel(nn.Module):
     kp_vertex_ids: Tensor
     coco17_mix: Tensor
     openpose25_mix: Tensor
+    joint_shape_matrix: Tensor
+    kp_vertex_shape_matrix: Tensor
+    vertex_shape_matrix: Tensor
+    lbs_weights_fk: Tensor
+    _fk_perm: Tensor
+    _fk_unperm: Tensor
 
     def __init__(self, path: str | Path | None = None, num_betas: int = 10) -> None:
         super().__init__()
@@ -242,9 +270,79 @@ class BodyModel(nn.Module):
         # the (V*3 x 207) product that would add nothing (half the cost of a mesh forward
         # and backward). Real SMPL files have them and go through smplx's `lbs`.
         self.has_pose_correctives = bool(self.smpl.posedirs.abs().max() > 0)
+        self._init_kinematics()
         self._init_fast_path([ids[name] for name in EXTRA_JOINTS])
         self.register_buffer("coco17_mix", _mixing_matrix("coco17"), persistent=False)
         self.register_buffer("openpose25_mix", _mixing_matrix("openpose25"), persistent=False)
+
+    def _init_kinematics(self) -> None:
+        """The kinematic tree by depth, for `_forward_kinematics`.
+
+        Joints are put in level order (level 0 the root; the joints of level L have their
+        parents in level L-1; SMPL has 9 levels), so each level is a slice. A level's
+        parents are a slice of the level before when they are consecutive there, a single
+        joint broadcast when they are all the same, and an index otherwise.
+        """
+        parents = [int(p) for p in self.smpl.parents]
+        depth = [0] * len(parents)
+        for j in range(1, len(parents)):
+            depth[j] = depth[parents[j]] + 1
+        levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
+        order = [j for joints in levels for j in joints]
+        self.register_buffer("_fk_perm", torch.tensor(order), persistent=False)
+        self.register_buffer(
+            "_fk_unperm", torch.tensor([order.index(j) for j in range(len(parents))]), persistent=False
+        )
+        # Per level: (start, end) in level order, and how to take the parents from the
+        # level before: ("slice", a, b), ("one", a, a + 1) or ("index", buffer name).
+        self._fk_levels: list[tuple[int, int, str, int, int]] = []  # start, end, kind, a, b
+        start = 0
+        for d, joints in enumerate(levels):
+            end = start + len(joints)
+            where = [levels[d - 1].index(parents[j]) for j in joints] if d else []
+            if not d:
+                self._fk_levels.append((start, end, "root", 0, 0))
+            elif len(set(where)) == 1:
+                self._fk_levels.append((start, end, "slice", where[0], where[0] + 1))
+            elif where == list(range(where[0], where[0] + len(where))):
+                self._fk_levels.append((start, end, "slice", where[0], where[-1] + 1))
+            else:  # parents taken by index: `_fk_where{d}`
+                self.register_buffer(f"_fk_where{d}", torch.tensor(where), persistent=False)
+                self._fk_levels.append((start, end, "index", d, 0))
+            start = end
+
+    def _forward_kinematics(self, rot: Tensor, joints: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """smplx's `batch_rigid_transform` with one batched product per tree level instead
+        of one per joint (9 instead of 23 for SMPL), rotations and translations kept apart.
+
+        rot: (B, J, 3, 3) local rotations. joints: (B, J, 3) rest joints (SMPL order).
+        Returns the posed joints (B, J, 3) in SMPL order, and each joint's skinning
+        transform, a rest point x going to R x + t, as R (B, J, 3, 3) and t (B, J, 3) in
+        level order (`_fk_perm`; skin with weights permuted the same way).
+        """
+        parents: Tensor = self.smpl.parents
+        rel = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, parents[1:]]], dim=1)
+        perm = self._fk_perm
+        rot_l, rel_l = rot[:, perm], rel[:, perm]
+        rots: list[Tensor] = []
+        trans: list[Tensor] = []
+        for start, end, kind, a, b in self._fk_levels:
+            local_r, local_t = rot_l[:, start:end], rel_l[:, start:end]
+            if kind == "root":
+                rots.append(local_r)
+                trans.append(local_t)
+                continue
+            if kind == "index":
+                where = getattr(self, f"_fk_where{a}")
+                parent_r, parent_t = rots[-1][:, where], trans[-1][:, where]
+            else:  # a slice; one parent for all broadcasts in the products
+                parent_r, parent_t = rots[-1][:, a:b], trans[-1][:, a:b]
+            rots.append(parent_r @ local_r)
+            trans.append((parent_r @ local_t[..., None])[..., 0] + parent_t)
+        world_r = torch.cat(rots, dim=1)
+        posed_l = torch.cat(trans, dim=1)
+        skin_t = posed_l - (world_r @ joints[:, perm][..., None])[..., 0]
+        return posed_l[:, self._fk_unperm], world_r, skin_t
 
     def _init_fast_path(self, vertex_ids: list[int]) -> None:
         """Buffers for posing only the joints and the keypoint vertices (exact, see
@@ -259,9 +357,15 @@ class BodyModel(nn.Module):
         )
         self.register_buffer("kp_vertex_template", s.v_template[idx], persistent=False)
         self.register_buffer("kp_vertex_shapedirs", s.shapedirs[idx], persistent=False)
+        # Shape directions as (num_betas, points * 3) matrices: a blend is one product.
+        for name, dirs in (("joint", self.joint_shapedirs), ("kp_vertex", self.kp_vertex_shapedirs),
+                           ("vertex", s.shapedirs)):
+            self.register_buffer(f"{name}_shape_matrix", _shape_matrix(dirs), persistent=False)
         posedirs = s.posedirs.view(s.posedirs.shape[0], -1, 3)[:, idx].reshape(s.posedirs.shape[0], -1)
         self.register_buffer("kp_vertex_posedirs", posedirs, persistent=False)
-        self.register_buffer("kp_vertex_weights", s.lbs_weights[idx], persistent=False)
+        # Skinning weights with their joint columns in `_forward_kinematics`'s level order.
+        self.register_buffer("kp_vertex_weights", s.lbs_weights[idx][:, self._fk_perm], persistent=False)
+        self.register_buffer("lbs_weights_fk", s.lbs_weights[:, self._fk_perm], persistent=False)
         self.register_buffer("kp_vertex_ids", idx, persistent=False)
 
     @property
@@ -311,14 +415,11 @@ class BodyModel(nn.Module):
     ) -> BodyOutput:
         """smplx's `lbs` for a model whose pose blend shapes are zero (rot (B, 24, 3, 3),
         betas (B, num_betas)): shaped template, forward kinematics, skinning."""
-        from smplx.lbs import batch_rigid_transform
-
         s = self.smpl
-        verts = s.v_template + torch.einsum("vcb,nb->nvc", s.shapedirs, betas)
-        shaped_joints = self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
-        posed_joints, transforms = batch_rigid_transform(rot, shaped_joints, s.parents)
-        skin = torch.einsum("vj,njab->nvab", s.lbs_weights, transforms)
-        verts = (skin[..., :3, :3] @ verts[..., None])[..., 0] + skin[..., :3, 3]
+        verts = _blend(s.v_template, self.vertex_shape_matrix, betas)
+        shaped_joints = _blend(self.joint_template, self.joint_shape_matrix, betas)
+        posed_joints, world_r, skin_t = self._forward_kinematics(rot, shaped_joints)
+        verts = _skin(self.lbs_weights_fk, world_r, skin_t, verts)
         joints = torch.cat([posed_joints, verts[:, self.kp_vertex_ids]], dim=1)
         if transl is not None:
             verts = verts + transl[:, None]
@@ -332,20 +433,18 @@ class BodyModel(nn.Module):
         shaped joints -> forward kinematics; keypoint vertices get shape and pose blend
         shapes and are skinned with the same joint transforms.
         """
-        from smplx.lbs import batch_rigid_transform
-
         rot, betas, transl = self._inputs(params, transl)
         b = rot.shape[0]
         if b == 0:
             return self._output(None, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
-        shaped_joints = self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
-        posed_joints, transforms = batch_rigid_transform(rot, shaped_joints, self.smpl.parents)
-        verts = self.kp_vertex_template + torch.einsum("scb,nb->nsc", self.kp_vertex_shapedirs, betas)
-        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
-        verts = verts + (pose_feature @ self.kp_vertex_posedirs).view(b, -1, 3)
-        skin = torch.einsum("sj,njab->nsab", self.kp_vertex_weights, transforms)
-        verts = (skin[..., :3, :3] @ verts[..., None])[..., 0] + skin[..., :3, 3]
+        shaped_joints = _blend(self.joint_template, self.joint_shape_matrix, betas)
+        posed_joints, world_r, skin_t = self._forward_kinematics(rot, shaped_joints)
+        verts = _blend(self.kp_vertex_template, self.kp_vertex_shape_matrix, betas)
+        if self.has_pose_correctives:
+            eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+            pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
+            verts = verts + (pose_feature @ self.kp_vertex_posedirs).view(b, -1, 3)
+        verts = _skin(self.kp_vertex_weights, world_r, skin_t, verts)
         joints = torch.cat([posed_joints, verts], dim=1)
         if transl is not None:
             joints = joints + transl[:, None]
@@ -355,14 +454,14 @@ class BodyModel(nn.Module):
         return BodyOutput(
             vertices=vertices,
             joints=joints45[:, :NUM_JOINTS],
-            coco17=torch.einsum("kj,njc->nkc", self.coco17_mix.to(joints45.dtype), joints45),
-            openpose25=torch.einsum("kj,njc->nkc", self.openpose25_mix.to(joints45.dtype), joints45),
+            coco17=_same_dtype(self.coco17_mix, joints45) @ joints45,
+            openpose25=_same_dtype(self.openpose25_mix, joints45) @ joints45,
         )
 
     def rest_joints(self, betas: Tensor) -> Tensor:
         """Joints (B, 24, 3) of the un-posed (T-pose) body with shape `betas` (B, num_betas)."""
         betas = betas.to(self.dtype)
-        return self.joint_template + torch.einsum("jcb,nb->njc", self.joint_shapedirs, betas)
+        return _blend(self.joint_template, self.joint_shape_matrix, betas)
 
     def info(self) -> dict[str, object]:
         """What `metahmr bodymodel info` prints."""

@@ -293,3 +293,19 @@ def test_a_model_with_pose_correctives_uses_them(tmp_path, smpl_arrays):
     assert float((full.coco17 - fast.coco17).abs().max()) <= 1e-5
     plain = BodyModel()(params)
     assert float((full.vertices - plain.vertices).abs().max()) > 1e-4  # the correctives act
+
+
+def test_level_wise_forward_kinematics_equals_smplx_batch_rigid_transform(body):
+    from smplx.lbs import batch_rigid_transform
+
+    torch.manual_seed(4)
+    rot = params_from_axis_angle(torch.randn(4, 24, 3) * 0.7).rotmats()
+    joints = body.rest_joints(torch.randn(4, 10))
+    ref_joints, ref = batch_rigid_transform(rot, joints, body.smpl.parents)
+    posed, world_r, skin_t = body._forward_kinematics(rot, joints)
+    perm = body._fk_perm  # the transforms come in level order
+    assert float((posed - ref_joints).abs().max()) <= 1e-6
+    assert float((world_r - ref[:, perm, :3, :3]).abs().max()) <= 1e-6
+    assert float((skin_t - ref[:, perm, :3, 3]).abs().max()) <= 1e-6
+    assert len(body._fk_levels) == 9  # SMPL's tree: root ... hand, nine levels
+    assert sorted(perm.tolist()) == list(range(24)) and perm[0] == 0

@@ -335,3 +335,25 @@ def test_recorded_steps_equal_separate_fits_of_that_many_steps(body, nets) -> No
         fit(f_w, inputs, body, FAST, aux, record_steps=(FAST.steps + 1,))
     with pytest.raises(ValueError, match="early_stop"):
         fit(f_w, inputs, body, replace(FAST, early_stop=1e-3), aux, record_steps=(1,))
+
+
+def test_fused_adam_equals_torch_adam_fused() -> None:
+    from model.config import TTOConfig
+    from model.tto import FusedAdam
+
+    torch.manual_seed(0)
+    config = TTOConfig(adam_lr=3e-3)
+    ours = [torch.randn(5, 7, requires_grad=True), torch.randn(3, requires_grad=True)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ours]
+    opt_ref = torch.optim.Adam(ref, lr=3e-3, betas=config.adam_betas, eps=config.adam_eps, fused=True)
+    opt = FusedAdam(ours, config)
+    start = [p.detach().clone() for p in ours]
+    for _ in range(4):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, g in zip(ref, grads, strict=True):
+            p.grad = g.clone()
+        opt_ref.step()
+        opt.step(grads)
+    for a, b, a0 in zip(ours, ref, start, strict=True):
+        assert torch.equal(a, b)
+        assert float((a - a0).detach().abs().min()) > 1e-4  # every element moved
