@@ -16,10 +16,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH
 
 # Python 3.12 (the package needs >=3.11,<3.13) and the libraries headless rendering needs
-# (the Makefile's APT_PKGS: libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa).
+# (the Makefile's APT_PKGS: libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa), and a C++
+# compiler with the Python headers for torch.compile (METAHMR_TTO_COMPILE=1).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-venv \
+        python3 python3-venv python3-dev g++ \
         libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv

@@ -204,7 +204,13 @@ def cam_scale_loss(crop_cam: Tensor, reduction: str = "mean") -> Tensor:
 
 
 def check_finite(loss: Tensor, name: str) -> None:
-    """Raise NonFiniteLossError when `loss` has a NaN/Inf entry."""
+    """Raise NonFiniteLossError when `loss` has a NaN/Inf entry.
+
+    Inside a `torch.compile`d graph the check would break the graph; there the caller
+    checks the graph's output instead (`model.tto.loss_and_grad`).
+    """
+    if torch.compiler.is_compiling():
+        return
     if not bool(torch.isfinite(loss.detach()).all()):
         raise NonFiniteLossError(
             f"{name} is not finite ({loss.detach().flatten()[:4].tolist()}); check the "

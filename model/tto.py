@@ -18,17 +18,18 @@ forward runs under `torch.func.vmap`: each person gets their own weights and gra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from model.config import LossWeights, TTOConfig
-from model.losses import LossTerms, loss_test_u, reprojected_keypoint_loss
+from model.losses import LossTerms, check_finite, loss_test_u, reprojected_keypoint_loss
 from model.outputs import BodyOutput, CropInfo, FitResult, RegressorOutput, SMPLParams
 from model.regressor import Regressor
 
@@ -178,6 +179,102 @@ def step_loss(
     return StepLoss(loss, per, terms, pred)
 
 
+def loss_and_grad(
+    module: nn.Module,
+    params: Params,
+    batch: StepBatch,
+    body: BodyModelLike,
+    *,
+    objective: str,
+    weights: LossWeights,
+    per_sample: bool = False,
+    compiled: bool = False,
+) -> tuple[list[Tensor], StepLoss]:
+    """`step_loss` and its gradient with respect to each of `params` (in their order).
+
+    compiled=False: eager forward, then `torch.autograd.grad`. compiled=True: forward and
+    backward as one `torch.compile`d graph of `torch.func.grad_and_value(step_loss)` (the
+    same maths; a graph is compiled once per shape and objective, then reused), which
+    removes the per-operation overhead that dominates a small head's step on a CPU. The
+    gradients are constants either way (no graph through them).
+    """
+    if compiled and _COMPILE_FAILURE is None:
+        try:
+            grad_fn = _compiled_grad(objective, per_sample)
+            grads_by_name, (_, (total, per, terms, pred)) = grad_fn(
+                params, module, batch, body, weights
+            )
+        except Exception as exc:  # no C++ compiler, an unsupported backend, ...
+            log.debug("torch.compile failure", exc_info=True)
+            _compile_failed(exc)
+        else:
+            check_finite(per, "the TTO loss")  # skipped inside the graph
+            grads = [grads_by_name[n] for n in params]
+            return grads, StepLoss(total, per, LossTerms(*terms), _unflat_pred(pred))
+    result = step_loss(
+        module, params, batch, body, objective=objective, weights=weights, per_sample=per_sample
+    )
+    names = list(params)
+    grads_or_none = torch.autograd.grad(result.loss, [params[n] for n in names], allow_unused=True)
+    return [
+        torch.zeros_like(params[n]) if g is None else g
+        for n, g in zip(names, grads_or_none, strict=True)
+    ], result
+
+
+_COMPILED: dict[tuple[str, bool], Callable[..., Any]] = {}
+_RECOMPILE_LIMIT = 64
+_COMPILE_FAILURE: str | None = None  # why torch.compile failed in this process, if it did
+
+
+def _compile_failed(exc: Exception) -> None:
+    """Remember that compiling failed; every later step runs eager (the same maths)."""
+    global _COMPILE_FAILURE
+    _COMPILE_FAILURE = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    log.warning("TTO: torch.compile failed (%s); running the steps eagerly", _COMPILE_FAILURE)
+
+
+def compile_failure() -> str | None:
+    """Why the compiled TTO steps fell back to eager in this process (None: they did not)."""
+    return _COMPILE_FAILURE
+
+
+def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
+    """The compiled ``grad_and_value`` of the flat step loss, one per (objective, per_sample).
+
+    One function object per key, so torch.compile's cache (and its recompilation for a new
+    number of people, after which the batch size is dynamic) is shared by every fit.
+    """
+    key = (objective, per_sample)
+    if key not in _COMPILED:
+        # Every key's graphs hang off the same traced frame (functorch's wrapper): 2
+        # objectives x 1 or many people x each network shape fitted in this process. The
+        # default limit (8) would silently drop the rest to eager.
+        limit = max(int(torch._dynamo.config.recompile_limit), _RECOMPILE_LIMIT)
+        torch._dynamo.config.recompile_limit = limit
+
+        def flat(
+            params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
+            weights: LossWeights,
+        ) -> tuple[Tensor, tuple[Tensor, Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]]:
+            r = step_loss(
+                module, params, batch, body, objective=objective, weights=weights,
+                per_sample=per_sample,
+            )
+            terms = tuple(getattr(r.terms, f.name) for f in dataclasses.fields(r.terms))
+            prm = r.pred.params
+            pred = (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
+            return r.loss, (r.loss.detach(), r.per_sample.detach(), terms, pred)
+
+        _COMPILED[key] = torch.compile(grad_and_value(flat, has_aux=True))
+    return _COMPILED[key]
+
+
+def _unflat_pred(pred: tuple[Tensor, ...]) -> RegressorOutput:
+    go, bp, betas, cam = (t.detach() for t in pred)
+    return RegressorOutput(SMPLParams(go, bp, betas), cam)
+
+
 def inner_step(
     module: nn.Module,
     params: Params,
@@ -190,6 +287,7 @@ def inner_step(
     buffers: Params | None = None,
     per_sample: bool = False,
     first_order: bool = True,
+    compiled: bool = False,
 ) -> tuple[Params, StepLoss]:
     """One SGD step on the TTO objective: ``w' = w - lr * grad``. Returns (w', the loss at w).
 
@@ -197,7 +295,19 @@ def inner_step(
     from them, in meta-training). first_order=False keeps the graph of the gradient, so an
     outer loss on w' differentiates through the step (second-order MAML); first_order=True
     treats the gradient as a constant (w' still depends on w through the identity term).
+    compiled: compute the loss and gradient as one compiled graph (`loss_and_grad`); the
+    TTO's step 0 uses it, meta-training (whose w' must stay differentiable in w) does not.
     """
+    names = list(params)
+    if compiled:
+        if not first_order or buffers:
+            raise ValueError("a compiled inner step is first-order and takes no buffers")
+        plain = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        grad_list, result = loss_and_grad(
+            module, plain, batch, body, objective=objective, weights=weights,
+            per_sample=per_sample, compiled=True,
+        )
+        return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
     result = step_loss(
         module,
         params,
@@ -208,7 +318,6 @@ def inner_step(
         buffers=buffers,
         per_sample=per_sample,
     )
-    names = list(params)
     grads = torch.autograd.grad(
         result.loss,
         [params[n] for n in names],
@@ -239,6 +348,39 @@ def adapted_parameter_names(
             return list(regressor.head.output_parameter_names())
         return [n for n, _ in regressor.head.named_parameters()]
     raise ValueError(f"unknown TTO scope {scope!r}; valid scopes: ('head', 'full')")
+
+
+def warm_up(
+    regressor: Regressor,
+    body: BodyModelLike,
+    config: TTOConfig,
+    people: tuple[int, ...] = (1, 2),
+    keypoint_format: str = "coco17",
+) -> float:
+    """Compile the TTO's graphs before the first request (config.compile; "head" scope).
+
+    Fits a made-up scene of each size in `people` (1, then 2: the second compile makes the
+    number of people dynamic, so every later size reuses it). Returns the seconds it took.
+    No-op (0.0) when config.compile is off or the scope is not "head".
+    """
+    if not config.compile or config.scope != "head":
+        return 0.0
+    import time
+
+    device = next(regressor.parameters()).device
+    start = time.perf_counter()
+    for n in people:
+        k = _KEYPOINT_COUNTS[keypoint_format]
+        crop = CropInfo.from_boxes(
+            torch.full((n, 2), 200.0), torch.full((n,), 300.0), torch.full((n, 2), 400.0)
+        ).to(device)
+        keypoints = torch.cat([200.0 + 50.0 * torch.rand(n, k, 2), torch.ones(n, k, 1)], -1)
+        features = torch.zeros(n, regressor.head.feature_dim, device=device)
+        with torch.no_grad():
+            aux = regressor.head(features, crop.bbox_info())
+        inputs = TTOInputs(keypoints.to(device), crop, keypoint_format, features=features)
+        fit(regressor, inputs, body, dataclasses.replace(config, steps=1, early_stop=0.0), aux)
+    return time.perf_counter() - start
 
 
 # --- the fit -------------------------------------------------------------------------------
@@ -407,6 +549,7 @@ def _fit_group(
         weights=config.loss_weights,
         objective="test_u" if use_aux else "2d",
         per_sample=per_sample,
+        compiled=config.compile,
     )
     params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
     history = [loss0.terms.keypoints_2d.detach()]
@@ -419,20 +562,14 @@ def _fit_group(
     frozen: Params | None = None  # weights of people who stopped, kept from their last step
     recorded: dict[int, RegressorOutput] = {}
     for step in range(1, config.steps + 1):
-        current = step_loss(
-            module,
-            params,
-            batch,
-            body,
-            objective="2d",
-            weights=config.loss_weights,
-            per_sample=per_sample,
+        # autograd.grad (inside loss_and_grad), not backward(): only the adapted copies get
+        # gradients (backward would also fill .grad of the regressor's own parameters).
+        grads, current = loss_and_grad(
+            module, params, batch, body, objective="2d", weights=config.loss_weights,
+            per_sample=per_sample, compiled=config.compile,
         )
         if step - 1 in record_steps:  # this step's forward is the prediction after step - 1
             recorded[step - 1] = current.pred.detach()
-        # autograd.grad, not backward(): only the adapted copies get gradients (backward
-        # would also fill .grad of the regressor's own, frozen, parameters).
-        grads = torch.autograd.grad(current.loss, list(params.values()))
         # contiguous(): vmap returns transposed weight gradients, and fused Adam on CPU
         # (torch 2.13) reads a gradient as if it had its parameter's strides.
         optimizer.step([g.contiguous() for g in grads])

@@ -34,6 +34,10 @@ class WorkerSettings(Settings):
     # to every core and `concurrency` processes would oversubscribe the machine.
     onnx_threads: int = Field(default=2, ge=1, le=64)
     torch_threads: int = Field(default=2, ge=1, le=64)
+    # Run each TTO step as one torch.compile'd graph (same maths, less per-step overhead;
+    # `docs/benchmarks.md`). The worker compiles at start (minutes on a small CPU the first
+    # time, seconds once torch's on-disk cache holds the graphs). Needs a C++ compiler.
+    tto_compile: bool = False
     concurrency: int = Field(default=1, ge=1, le=64)
     job_soft_time_limit_s: float = Field(default=300.0, gt=0)
     job_hard_time_limit_s: float = Field(default=330.0, gt=0)

@@ -95,7 +95,11 @@ def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
             "METAHMR_BODY_MODEL to the file it was trained with (or unset it for the bundled "
             "open model)"
         )
-    return OnnxPipeline(model, body.to(device), settings.torch_threads, device)
+    pipeline = OnnxPipeline(
+        model, body.to(device), settings.torch_threads, device, compile_tto=settings.tto_compile
+    )
+    pipeline.warm_up()
+    return pipeline
 
 
 @dataclass(frozen=True)
@@ -121,14 +125,29 @@ class OnnxPipeline:
     name = "onnx"
 
     def __init__(
-        self, model: LoadedModel, body: BodyModel, threads: int, device: torch.device
+        self,
+        model: LoadedModel,
+        body: BodyModel,
+        threads: int,
+        device: torch.device,
+        compile_tto: bool = False,
     ) -> None:
         self.model = model
         self.ckpt = model.checkpoint
         self.body = body.eval()
         self.threads = threads
         self.device = device
+        self.compile_tto = compile_tto  # METAHMR_TTO_COMPILE
         self.f_w = self.ckpt.build_f_w(device)  # the TTO's PyTorch copy of the graphs' f_w
+
+    def warm_up(self) -> None:
+        """With compiled TTO steps: compile them now, not in the first request."""
+        from model.tto import compile_failure, warm_up
+
+        seconds = warm_up(self.f_w, self.body, self._tto_config({}))
+        if seconds:
+            log.info("TTO graphs compiled in %.1f s%s", seconds,
+                     f" (fell back to eager: {compile_failure()})" if compile_failure() else "")
 
     # -- the request ------------------------------------------------------------------------
 
@@ -303,7 +322,9 @@ class OnnxPipeline:
             steps = self.ckpt.tto.steps
         if not isinstance(steps, int) or steps < 0:
             raise PermanentJobError(f"tto.steps must be an integer >= 0, got {steps!r}")
-        return replace(self.ckpt.tto, steps=steps, num_threads=self.threads)
+        return replace(
+            self.ckpt.tto, steps=steps, num_threads=self.threads, compile=self.compile_tto
+        )
 
     # -- stages -----------------------------------------------------------------------------
 

@@ -373,3 +373,21 @@ def test_assets_prepare_without_a_shipped_model_does_nothing(tmp_path: Path, mon
     monkeypatch.setenv("METAHMR_CACHE_DIR", str(tmp_path))
     assert metahmr(["assets", "prepare", "--quiet"]) == 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # compiles the TTO graphs of another network: minutes on 2 cores
+def test_compiled_tto_steps_give_the_eager_result(exported: Path, pipeline: OnnxPipeline, person) -> None:  # type: ignore[no-untyped-def]
+    """METAHMR_TTO_COMPILE=1: the worker compiles the TTO at start and fits the same."""
+    from model.tto import compile_failure
+
+    compiled = build_pipeline(_settings(exported, tto_compile=True))
+    assert compiled.compile_tto and compile_failure() is None
+    options = _options(person, focal_length=person["focal"])
+    eager_out, _ = _run(pipeline, person, options)
+    compiled_out, _ = _run(compiled, person, options)
+    (a,), (b,) = eager_out.result["people"], compiled_out.result["people"]
+    assert a["fit"]["steps_run"] == b["fit"]["steps_run"] == TTO_STEPS
+    assert np.allclose(a["smpl"]["betas"], b["smpl"]["betas"], atol=1e-4)
+    assert np.allclose(a["smpl"]["body_pose"], b["smpl"]["body_pose"], atol=1e-4)
+    assert np.allclose(a["camera"]["translation"], b["camera"]["translation"], atol=1e-4)
+    assert a["smpl"]["body_pose"] != a["initial"]["smpl"]["body_pose"]  # the fit moved it
