@@ -55,7 +55,8 @@ class BenchSettings:
     threads: int = 2
     device: str = "cpu"
     people: int = 16
-    head_subset: str = "output"
+    # What the shipped model's TTO adapts ("all" head weights); "output" is also timed.
+    head_subset: str = "all"
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -213,6 +214,11 @@ def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, A
     result["head_tto_compiled_ms"] = _median_ms(
         lambda: fit(f_w, head_in, body, compiled, aux), settings.repeats
     )
+    compiled_other = replace(compiled, head_subset=other)
+    warm_up(f_w, body, compiled_other, people=(1,))
+    result[f"head_tto_compiled_{other}_ms"] = _median_ms(
+        lambda: fit(f_w, head_in, body, compiled_other, aux), settings.repeats
+    )
     result["batch16_compiled_ms"] = _median_ms(
         lambda: fit(f_w, many_in, body, compiled, aux_many), settings.repeats
     )
@@ -299,7 +305,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{r['backbone']}: {v:.1f} ms"
         for r in report["results"]
         for k, v in r.items()
-        if k.startswith("head_tto_") and k.endswith("_ms") and k != "head_tto_ms"
+        if k.startswith("head_tto_") and k.endswith("_ms") and "compiled" not in k
+        and k != "head_tto_ms"
+    ]
+    other_compiled = [
+        f"{r['backbone']}: {v:.1f} ms"
+        for r in report["results"]
+        for k, v in r.items()
+        if k.startswith("head_tto_compiled_") and k.endswith("_ms")
     ]
     lines = [
         f"Command: `{report['command']}`",
@@ -323,6 +336,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "cache as this machine had it:",
         "",
         *compiled_rows,
+        "",
+        "Compiled head TTO with the other subset: " + ", ".join(other_compiled) + ".",
         "",
         "Targets: head TTO / fwd <= 0.5; speed-up vs reference >= 10x; 16 / 1 <= 4.",
     ]

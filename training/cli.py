@@ -365,6 +365,8 @@ def _register_tune(sub: Any) -> None:
     tune.add_argument("--steps", type=int, default=14, help="Adam steps the error is taken at")
     tune.add_argument("--limit", type=int, default=256, help="validation samples (0 = all)")
     tune.add_argument("--out", type=Path, help="tuned checkpoint (default: in place)")
+    tune.add_argument("--head-subset", choices=("all", "output"),
+                      help="head weights the TTO adapts (default: the checkpoint's own)")
     tune.add_argument("--report", type=Path, default=Path("docs/tuning.md"))
     tune.add_argument("--batch-size", type=int, default=32)
     tune.add_argument("--workers", type=int, default=2)
@@ -385,7 +387,7 @@ def _tune(args: argparse.Namespace) -> int:
         config = TuneConfig(
             checkpoint=str(args.checkpoint), method=args.method, val=str(args.val), lrs=lrs,
             steps=args.steps, limit=args.limit or None, batch_size=args.batch_size,
-            workers=args.workers, device=args.device,
+            workers=args.workers, device=args.device, head_subset=args.head_subset,
         )
     except ValueError as exc:
         logging.getLogger("metahmr.tune").error("%s", exc)

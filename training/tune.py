@@ -23,6 +23,7 @@ from typing import Any
 
 from model.body import BodyModel
 from model.checkpoint import Checkpoint, save_checkpoint
+from model.config import HEAD_SUBSETS
 from training.config import EvalConfig
 from training.distributed import resolve_device
 from training.evaluate import Method, evaluate, load_methods
@@ -44,7 +45,9 @@ REPORT_HEADER = (
 class TuneConfig:
     """checkpoint: the .pt to tune. method: how it is used ("eft", "meta", "meta-dual").
     val: validation split folder. lrs: candidate rates. steps: Adam steps the error is
-    measured at. limit: at most this many validation samples."""
+    measured at. limit: at most this many validation samples. head_subset: tune (and keep)
+    the TTO with this set of adapted head weights ("all" or "output"; None = the
+    checkpoint's own)."""
 
     checkpoint: str
     method: str
@@ -56,8 +59,11 @@ class TuneConfig:
     workers: int = 2
     device: str = "auto"
     seed: int = 0
+    head_subset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.head_subset is not None and self.head_subset not in HEAD_SUBSETS:
+            raise ValueError(f"unknown head_subset {self.head_subset!r}; valid: {HEAD_SUBSETS}")
         if self.method not in TUNABLE:
             raise ValueError(f"unknown method {self.method!r}; tunable: {TUNABLE}")
         if not self.lrs or min(self.lrs) <= 0:
@@ -95,6 +101,9 @@ def tune_tto(config: TuneConfig, body: BodyModel | None = None) -> TuneResult:
         seed=config.seed, limit=config.limit, progress=False,
     )
     (base,) = load_methods(eval_config, device)
+    if config.head_subset is not None:
+        subset_tto = replace(base.ckpt.tto, head_subset=config.head_subset)
+        base = replace(base, ckpt=replace(base.ckpt, tto=subset_tto))
     plain = Method("regression", base.checkpoint, base.f_w, None, base.ckpt)
     baseline = _metrics(evaluate(eval_config, body, methods=[plain]).rows[0])
     rows = []
@@ -128,7 +137,8 @@ def report_section(config: TuneConfig, result: TuneResult, samples: int) -> str:
     lines = [
         f"Checkpoint `{config.checkpoint}`, method {config.method}, validation split "
         f"`{config.val}` ({samples} samples, noisy ground-truth keypoints), {config.steps} "
-        "Adam steps after step 0. "
+        f"Adam steps after step 0, the `{result.checkpoint.tto.head_subset}` head weights "
+        "adapting. "
         + ("Each rate is both the step-0 SGD rate and the Adam rate."
            if config.method == "eft" else
            f"Step 0 keeps the meta-trained inner rate {result.best['sgd_lr']:g}; the rate "
@@ -155,6 +165,8 @@ def write_report(path: Path, config: TuneConfig, result: TuneResult) -> None:
         path.write_text(REPORT_HEADER)
     samples = int(result.checkpoint.extra["tto_tuning"]["samples"])
     name = f"{config.method}: {Path(config.checkpoint).name}"
+    if config.head_subset is not None:
+        name += f" ({config.head_subset} head weights)"
     write_section(path, name, report_section(config, result, samples))
 
 

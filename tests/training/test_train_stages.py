@@ -351,3 +351,24 @@ def test_tune_of_a_meta_checkpoint_keeps_its_step_zero_rate(pretrained, data, bo
     assert result.checkpoint.tto.sgd_lr == 2e-4
     with pytest.raises(ValueError, match="tunable"):
         TuneConfig(str(path), "regression", str(data))
+
+
+def test_tune_with_another_head_subset_keeps_it_and_names_its_section(
+    pretrained, data, body, tmp_path
+) -> None:
+    from training.tune import TuneConfig, run_tune
+
+    assert load_checkpoint(pretrained).tto.head_subset == "all"
+    report = tmp_path / "tuning.md"
+    config = TuneConfig(str(pretrained), "eft", str(data), lrs=(1e-3,), steps=2, limit=4,
+                        batch_size=4, workers=0, device="cpu", head_subset="output")
+    every = replace(config, head_subset=None)
+    result = run_tune(config, str(tmp_path / "out.pt"), report)
+    assert load_checkpoint(tmp_path / "out.pt").tto.head_subset == "output"
+    run_tune(every, str(tmp_path / "all.pt"), report)
+    text = report.read_text()
+    assert f"## eft: {Path(pretrained).name} (output head weights)" in text
+    assert f"## eft: {Path(pretrained).name}\n" in text  # the other section stays
+    assert "the `output` head weights adapting" in text and result.rows[0]["lr"] == 1e-3
+    with pytest.raises(ValueError, match="head_subset"):
+        TuneConfig(str(pretrained), "eft", str(data), head_subset="fc2")
