@@ -376,8 +376,8 @@ def test_compiled_steps_equal_the_eager_fit(body, nets) -> None:
     compiled_config = replace(eager_config, compile=True)
     assert tto.warm_up(f_w, body, eager_config) == 0.0  # nothing to compile
     assert tto.warm_up(f_w, body, compiled_config, people=(2,)) > 0.0
-    eager = fit(f_w, head_inputs, body, eager_config, aux)
-    compiled = fit(f_w, head_inputs, body, compiled_config, aux)
+    eager = fit(f_w, head_inputs, body, eager_config, aux, batched=True)
+    compiled = fit(f_w, head_inputs, body, compiled_config, aux, batched=True)
     assert tto.compile_failure() is None
     for a, b in [
         (eager.final.params.rotmats(), compiled.final.params.rotmats()),
