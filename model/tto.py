@@ -393,7 +393,7 @@ def fit(
     config: TTOConfig | None = None,
     aux: RegressorOutput | None = None,
     *,
-    batched: bool = True,
+    batched: bool | None = None,
     on_step: Callable[[int, int], None] | None = None,
     record_steps: tuple[int, ...] = (),
 ) -> FitResult:
@@ -402,7 +402,10 @@ def fit(
     regressor: f_w (its own weights are not changed). aux: f_u's prediction for the same
     people (B), used by step 0 when config.use_aux. batched: fit all people of the "head"
     scope at once (per-person weights under vmap) instead of one by one; the results are
-    equal. on_step(step, total): progress callback after each update.
+    equal. None (default) picks the faster: batched when only the output layers adapt,
+    one by one when every head weight does (vmap over many stacked copies of millions of
+    weights costs more than the loop: `docs/benchmarks.md`).
+    on_step(step, total): progress callback after each update.
     record_steps: Adam step counts (0..config.steps) whose predictions `FitResult.recorded`
     keeps, so one fit gives a whole error-vs-steps curve (needs early_stop == 0: with an
     early stop, people would stop at different steps).
@@ -425,7 +428,7 @@ def _fit(
     body: BodyModelLike,
     config: TTOConfig,
     aux: RegressorOutput | None,
-    batched: bool,
+    batched: bool | None,
     on_step: Callable[[int, int], None] | None,
     record_steps: tuple[int, ...] = (),
 ) -> FitResult:
@@ -453,11 +456,14 @@ def _fit(
             out = module(x[skipped], bbox_info[skipped])
         for k, i in enumerate(skipped):
             records[i] = _PersonRecord.skipped_with(out.select(k), SKIP_NO_KEYPOINTS, record_steps)
+    if batched is None:
+        batched = config.head_subset == "output"
     if config.scope == "head" and batched and people:
         groups = [people]
     else:
         groups = [[i] for i in people]
-    for group in groups:
+    progress = _GroupProgress(on_step, len(groups))
+    for g, group in enumerate(groups):
         idx = torch.tensor(group, device=x.device)
         batch = StepBatch(
             tuple(a[idx] for a in args),
@@ -468,12 +474,34 @@ def _fit(
         )
         start = {n: own[n].detach() for n in names}
         run = _fit_group(
-            module, start, batch, body, config, per_sample=len(group) > 1, on_step=on_step,
-            record_steps=record_steps,
+            module, start, batch, body, config, per_sample=len(group) > 1,
+            on_step=progress.of(g), record_steps=record_steps,
         )
         for k, i in enumerate(group):
             records[i] = run.person(k)
     return _assemble([records[i] for i in range(len(active))], config.scope)
+
+
+class _GroupProgress:
+    """One progress count over several groups fitted one after another: group g's step k
+    of `total` reports (g * total + k) // groups, each value once, so the caller sees one
+    fit's 1..total whatever the number of groups."""
+
+    def __init__(self, on_step: Callable[[int, int], None] | None, groups: int) -> None:
+        self.on_step, self.groups, self.last = on_step, max(groups, 1), 0
+
+    def of(self, group: int) -> Callable[[int, int], None] | None:
+        if self.on_step is None:
+            return None
+        on_step = self.on_step
+
+        def report(step: int, total: int) -> None:
+            value = (group * total + step) // self.groups
+            if value > self.last:
+                self.last = value
+                on_step(value, total)
+
+        return report
 
 
 @dataclass

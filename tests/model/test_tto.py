@@ -115,6 +115,23 @@ def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) ->
     assert (batched.final.crop_cam - batched.initial.crop_cam).abs().max() > 1e-3  # it moved
 
 
+def test_by_default_only_output_layer_fits_are_batched(body, nets) -> None:
+    """batched=None: vmap when the output layers adapt, the loop when every head weight
+    does (the faster of the two for each); the answers are the same either way."""
+    f_w, _ = nets
+    inputs, _ = synthetic_people(body, 2, seed=5)
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images)
+    head_inputs = replace(inputs, images=None, features=features)
+    for subset, batched in (("all", False), ("output", True)):
+        config = replace(FAST, head_subset=subset, steps=3)
+        auto = fit(f_w, head_inputs, body, config)
+        forced = fit(f_w, head_inputs, body, config, batched=batched)
+        assert torch.equal(auto.final.crop_cam, forced.final.crop_cam), subset
+        other = fit(f_w, head_inputs, body, config, batched=not batched)
+        assert (auto.final.crop_cam - other.final.crop_cam).abs().max() <= 1e-5
+
+
 def test_early_stop_fires_and_keeps_the_last_step(body, nets) -> None:
     f_w, f_u = nets
     inputs, _ = synthetic_people(body, 2, seed=2)
