@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -201,7 +202,7 @@ def loss_and_grad(
     if compiled and _COMPILE_FAILURE is None:
         try:
             grad_fn = _compiled_grad(objective, per_sample)
-            grads_by_name, (_, (total, per, terms, pred)) = grad_fn(
+            grads_by_name, (total, (per, terms, pred)) = grad_fn(
                 params, module, batch, body, weights
             )
         except Exception as exc:  # no C++ compiler, an unsupported backend, ...
@@ -256,7 +257,7 @@ def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
         def flat(
             params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
             weights: LossWeights,
-        ) -> tuple[Tensor, tuple[Tensor, Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]]:
+        ) -> tuple[Tensor, tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]]:
             r = step_loss(
                 module, params, batch, body, objective=objective, weights=weights,
                 per_sample=per_sample,
@@ -264,7 +265,7 @@ def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
             terms = tuple(getattr(r.terms, f.name) for f in dataclasses.fields(r.terms))
             prm = r.pred.params
             pred = (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
-            return r.loss, (r.loss.detach(), r.per_sample.detach(), terms, pred)
+            return r.loss, (r.per_sample.detach(), terms, pred)
 
         _COMPILED[key] = torch.compile(grad_and_value(flat, has_aux=True))
     return _COMPILED[key]
@@ -365,8 +366,6 @@ def warm_up(
     """
     if not config.compile or config.scope != "head":
         return 0.0
-    import time
-
     device = next(regressor.parameters()).device
     start = time.perf_counter()
     for n in people:
