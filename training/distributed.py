@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -69,7 +70,16 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (call it from a ``finally``).
+
+    On a normal exit the ranks meet at a barrier first, so no rank tears its gloo pairs down
+    while another (rank 0 writing the final checkpoint) is still connected: a rank that did
+    so could abort with "terminate called without an active exception". While an exception
+    propagates there is no barrier, since the failed peer may never reach it.
+    """
     if ctx.distributed and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
