@@ -96,6 +96,8 @@ class TTOConfig:
         maths, several times less per-step overhead on a CPU; the first fit of a shape
         compiles, tens of seconds, so a worker warms it up at start). Needs a C++ compiler
         on CPU; without one the fit falls back to eager with a warning.
+    fused_head: run the "head" scope with the hand-written steps of `model.head_tto` (the
+        same fit, several times faster); False runs the generic autograd path.
     """
 
     scope: str = "head"
@@ -110,6 +112,7 @@ class TTOConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     num_threads: int | None = None
     compile: bool = False
+    fused_head: bool = True
 
     def __post_init__(self) -> None:
         if self.scope not in TTO_SCOPES:

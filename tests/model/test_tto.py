@@ -115,21 +115,60 @@ def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) ->
     assert (batched.final.crop_cam - batched.initial.crop_cam).abs().max() > 1e-3  # it moved
 
 
-def test_by_default_only_output_layer_fits_are_batched(body, nets) -> None:
-    """batched=None: vmap when the output layers adapt, the loop when every head weight
-    does (the faster of the two for each); the answers are the same either way."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_by_default_the_faster_of_batched_and_looped_runs(body, nets, fused: bool) -> None:
+    """batched=None: the fused head engine batches every subset; the generic path batches
+    under vmap only when the output layers adapt, and loops when every head weight does
+    (the faster of the two for each); the answers are the same either way."""
     f_w, _ = nets
     inputs, _ = synthetic_people(body, 2, seed=5)
     with torch.no_grad():
         features = f_w.backbone(inputs.images)
     head_inputs = replace(inputs, images=None, features=features)
-    for subset, batched in (("all", False), ("output", True)):
-        config = replace(FAST, head_subset=subset, steps=3)
+    for subset, batched in (("all", fused), ("output", True)):
+        config = replace(FAST, head_subset=subset, steps=3, fused_head=fused)
         auto = fit(f_w, head_inputs, body, config)
         forced = fit(f_w, head_inputs, body, config, batched=batched)
         assert torch.equal(auto.final.crop_cam, forced.final.crop_cam), subset
         other = fit(f_w, head_inputs, body, config, batched=not batched)
         assert (auto.final.crop_cam - other.final.crop_cam).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("subset", ["all", "output"])
+@pytest.mark.parametrize("use_aux", [True, False])
+def test_the_fused_head_engine_equals_the_generic_path(body, nets, subset, use_aux) -> None:
+    """model/head_tto.py's hand-written steps (fc1's feature half kept as its effect on the
+    forward) give the generic autograd fit: predictions, every recorded step, the loss
+    history, early stops and skipped people."""
+    f_w, f_u = nets
+    inputs, keypoints = synthetic_people(body, 4, seed=7)
+    keypoints[1, :, 2] = 0.0  # skipped
+    keypoints[2, 3:9, 2] = 0.4
+    inputs = replace(inputs, keypoints=keypoints)
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images)
+        aux = f_u(inputs.images, inputs.crop.bbox_info()) if use_aux else None
+    head_inputs = replace(inputs, images=None, features=features)
+    for early_stop, record in ((0.0, (0, 3, 10)), (3e-3, ())):
+        config = replace(FAST, head_subset=subset, early_stop=early_stop)
+        fused = fit(f_w, head_inputs, body, config, aux, record_steps=record)
+        generic = fit(
+            f_w, head_inputs, body, replace(config, fused_head=False), aux, batched=False,
+            record_steps=record,
+        )
+        pairs = [(fused.initial, generic.initial), (fused.final, generic.final)]
+        pairs += [(fused.recorded[k], generic.recorded[k]) for k in record]
+        for a, b in pairs:
+            assert (a.params.rotmats() - b.params.rotmats()).abs().max() <= 1e-5
+            assert (a.params.betas - b.params.betas).abs().max() <= 1e-5
+            assert (a.crop_cam - b.crop_cam).abs().max() <= 1e-5
+        assert fused.steps_run == generic.steps_run
+        assert fused.stopped_early == generic.stopped_early
+        assert fused.skipped == generic.skipped == (None, SKIP_NO_KEYPOINTS, None, None)
+        for ha, hb in zip(fused.loss_history, generic.loss_history, strict=True):
+            assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
+        assert (fused.final.crop_cam - fused.initial.crop_cam).abs().max() > 1e-3  # it moved
+    assert any(fused.stopped_early) and not all(n == 11 for n in fused.steps_run)
 
 
 def test_early_stop_fires_and_keeps_the_last_step(body, nets) -> None:
