@@ -203,7 +203,11 @@ def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, A
     result["reference_ms"] = _median_ms(
         lambda: reference_style_fit(f_w, f_u, one, body, full), settings.repeats
     )
-    result["batch16_ms"] = _median_ms(  # under vmap (the default loops for "all")
+    # The generic engine (autograd through functional_call), for comparison.
+    result["head_tto_generic_ms"] = _median_ms(
+        lambda: fit(f_w, head_in, body, replace(base, fused_head=False), aux), settings.repeats
+    )
+    result["batch16_ms"] = _median_ms(  # one pass, per-person weight copies
         lambda: fit(f_w, many_in, body, base, aux_many, batched=True), settings.repeats
     )
     # The same head fits as torch.compile'd steps (TTOConfig.compile, METAHMR_TTO_COMPILE):
@@ -306,7 +310,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         for r in report["results"]
         for k, v in r.items()
         if k.startswith("head_tto_") and k.endswith("_ms") and "compiled" not in k
-        and k != "head_tto_ms"
+        and k not in ("head_tto_ms", "head_tto_generic_ms")
+    ]
+    generic = [
+        f"{r['backbone']}: {r['head_tto_generic_ms']:.1f} ms"
+        for r in report["results"]
+        if "head_tto_generic_ms" in r
     ]
     other_compiled = [
         f"{r['backbone']}: {v:.1f} ms"
@@ -327,14 +336,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "subset of the head (features from ONNX, fixed); other subset: "
         + ", ".join(other)
         + ". Reference-style = deep copy + all parameters + full-mesh smplx body (pose blend shapes included) every step. "
-        "16 people: one fit, batched under vmap (per-person weight copies); `fit` batches "
-        "only when the output layers adapt and loops one by one when all head weights do, "
-        "where the loop is the faster (16 x the one-person time).",
+        "Head scope runs the fused engine (`model/head_tto.py`, hand-written steps, the "
+        "same fit); the generic autograd path (`fused_head=False`) takes "
+        + (", ".join(generic) or "?")
+        + ". 16 people: one fit of 16 per-person weight copies in one pass.",
         "",
         *rows,
         "",
         "With compiled TTO steps (`TTOConfig.compile`, the worker's `METAHMR_TTO_COMPILE=1`: "
-        "each step's forward and backward as one `torch.compile`d graph, the same fit); "
+        "each step's forward, loss and backward as one `torch.compile`d graph, the same "
+        "fit); "
         "compile = the worker's start-up warm-up (1 person, then 2), with torch's on-disk "
         "cache as this machine had it:",
         "",

@@ -415,9 +415,14 @@ def test_fused_adam_equals_torch_adam_fused() -> None:
         assert float((a - a0).detach().abs().min()) > 1e-4  # every element moved
 
 
-def test_compiled_steps_equal_the_eager_fit(body, nets) -> None:
-    """config.compile runs each step as one torch.compile'd graph: the same fit, batched
-    people (with a skipped one and an early stop) included, and warm_up compiles first."""
+@pytest.mark.parametrize(
+    ("fused", "subset"), [(True, "all"), (True, "output"), (False, "all")]
+)
+def test_compiled_steps_equal_the_eager_fit(body, nets, fused: bool, subset: str) -> None:
+    """config.compile runs each step's forward and backward as one torch.compile'd graph
+    (the fused engine's loss half and iterations; the generic path's whole step): the same
+    fit, batched people (with a skipped one and an early stop) included, and warm_up
+    compiles first."""
     from model import tto
 
     f_w, f_u = nets
@@ -428,7 +433,7 @@ def test_compiled_steps_equal_the_eager_fit(body, nets) -> None:
         features = f_w.backbone(inputs.images)
         aux = f_u(inputs.images, inputs.crop.bbox_info())
     head_inputs = replace(inputs, images=None, features=features)
-    eager_config = replace(FAST, early_stop=1e-4)
+    eager_config = replace(FAST, early_stop=1e-4, fused_head=fused, head_subset=subset)
     compiled_config = replace(eager_config, compile=True)
     assert tto.warm_up(f_w, body, eager_config) == 0.0  # nothing to compile
     assert tto.warm_up(f_w, body, compiled_config, people=(2,)) > 0.0
