@@ -43,14 +43,12 @@ from model.tto import (
     BodyModelLike,
     FusedAdam,
     StepBatch,
-    StepLoss,
-    _compile_failed,
     _freeze,
     _GroupRun,
     _merge_frozen,
     _notify,
-    compile_failure,
     prediction_loss,
+    run_compiled,
 )
 
 log = logging.getLogger(__name__)
@@ -235,7 +233,7 @@ class _FeatureAdam:
     def row_sums(self, c: Tensor) -> Tensor:
         """sum_k z_k^2 / (c_j |z_k| + eps) for every person and row j: (P, H)."""
         if self.compiled:
-            out = _run_compiled(_row_sums, self.z2, self.abs_z, c, self.eps)
+            out = run_compiled(_row_sums, self.z2, self.abs_z, c, self.eps)
             if out is not None:
                 return out
         # Eager, in blocks of rows that keep the (P, rows, K) temporaries in cache.
@@ -251,27 +249,6 @@ _ROW_BLOCK = 128
 
 def _row_sums(z2: Tensor, abs_z: Tensor, c: Tensor, eps: float) -> Tensor:
     return (z2.unsqueeze(1) / (c.unsqueeze(2) * abs_z.unsqueeze(1) + eps)).sum(2)
-
-
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def _run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) as a `torch.compile`d graph (compiled on first use, once per function),
-    or None when compiling failed (then this process runs everything eagerly).
-
-    With inductor's C++ wrapper, a call costs a third less here than with its Python one.
-    """
-    if compile_failure() is not None:
-        return None
-    try:
-        if fn not in _COMPILED:
-            _COMPILED[fn] = torch.compile(fn, options={"cpp_wrapper": True})
-        return _COMPILED[fn](*args)
-    except Exception as exc:  # no C++ compiler, an unsupported backend, ...
-        log.debug("torch.compile failure", exc_info=True)
-        _compile_failed(exc)
-        return None
 
 
 # --- the loss half -------------------------------------------------------------------------
@@ -315,9 +292,17 @@ def _forward_backward(
     gradients as factors and the other gradients, as `_backprop`)."""
     weights = _Weights.of(tensors, base)
     final, trace = _forward(weights, init, n_iter)
-    g, (_, (per, terms)) = grad_and_value(_flat_loss(objective), has_aux=True)(
-        final, batch, body, loss_weights
-    )
+    flat = _flat_loss(objective)
+    if torch.compiler.is_compiling():  # functorch's transform traces into the graph
+        g, (_, (per, terms)) = grad_and_value(flat, has_aux=True)(
+            final, batch, body, loss_weights
+        )
+    else:  # eager autograd: the same gradient with less per-operation overhead
+        with torch.enable_grad():
+            leaf = final.detach().requires_grad_(True)
+            loss, (per, terms) = flat(leaf, batch, body, loss_weights)
+            (g,) = torch.autograd.grad(loss, [leaf])
+        terms = tuple(t.detach() for t in terms)
     factors, grads = _backprop(weights, trace, g, adapt)
     return per, terms, final, factors, grads
 
@@ -339,7 +324,7 @@ def _step(
         n_iter, adapt,
     )
     if config.compile:
-        out = _run_compiled(_forward_backward, *args)
+        out = run_compiled(_forward_backward, *args)
         if out is not None:
             check_finite(out[0], "the TTO loss")  # skipped inside the graph
             return out
@@ -416,22 +401,22 @@ def _fit_group(
     grads = _Grads(weights, adapt)
     use_aux = config.use_aux and batch.aux is not None
 
-    def step(objective: str) -> tuple[dict[str, Tensor], StepLoss]:
+    def step(objective: str) -> tuple[dict[str, Tensor], LossTerms, Tensor]:
+        """Gradients, loss terms and the final state (the prediction, on demand)."""
         per, terms, final, factors, other = _step(
             weights, init, batch, body, config, objective, head.n_iter, adapt
         )
-        loss = StepLoss(per.sum(), per, LossTerms(*terms), _split(final).detach())
-        return grads.fill(weights, factors, other), loss
+        return grads.fill(weights, factors, other), LossTerms(*terms), final
 
     # Step 0: one SGD step on L_test-u (2D + agreement with f_u).
-    g0, loss0 = step("test_u" if use_aux else "2d")
+    g0, terms0, initial = step("test_u" if use_aux else "2d")
     for key, t in weights.adapted(adapt).items():
         if key == "base":
             if FEATURE_LAYER in adapt:  # W z - lr (u z^T) z = W z - lr |z|^2 u
                 t.sub_(g0["base"] * (z * z).sum(1, keepdim=True), alpha=config.sgd_lr)
         else:
             t.sub_(g0[key], alpha=config.sgd_lr)
-    history = [loss0.terms.keypoints_2d.detach()]
+    history = [terms0.keypoints_2d.detach()]
     steps_run = torch.ones(n_people, dtype=torch.long)
     stopped = torch.zeros(n_people, dtype=torch.bool)
     _notify(on_step, 1, total)
@@ -443,14 +428,14 @@ def _fit_group(
     frozen: dict[str, Tensor] | None = None
     recorded: dict[int, RegressorOutput] = {}
     for k in range(1, config.steps + 1):
-        g, current = step("2d")
+        g, terms, state = step("2d")
         if optimizer is not None:
             optimizer.step([g[key] for key in tensors])
         if feature_adam is not None:
             feature_adam.step(weights.base, g["base"])
         if k - 1 in record_steps:
-            recorded[k - 1] = current.pred
-        losses = current.per_sample.detach()
+            recorded[k - 1] = _split(state)
+        losses = terms.total.detach()
         running = ~stopped
         steps_run += running.long()
         history.append(losses)
@@ -464,17 +449,17 @@ def _fit_group(
 
     weights.load(_merge_frozen(weights.adapted(adapt), frozen, stopped))
     args = (weights.tensors(), weights.base, init, batch, body, config.loss_weights, head.n_iter)
-    evaluated = _run_compiled(_evaluate, *args) if config.compile else None
+    evaluated = run_compiled(_evaluate, *args) if config.compile else None
     final, final_loss = evaluated if evaluated is not None else _evaluate(*args)
     last_pred = _split(final)
     if config.steps in record_steps:
         recorded[config.steps] = last_pred
     return _GroupRun(
-        initial=loss0.pred.detach(),
+        initial=_split(initial),
         final=last_pred,
         history=history,
         final_loss=final_loss,
-        test_u=loss0.per_sample.detach(),
+        test_u=terms0.total.detach(),
         steps_run=steps_run,
         stopped=stopped,
         recorded=recorded,

@@ -260,6 +260,27 @@ def compile_failure() -> str | None:
     return _COMPILE_FAILURE
 
 
+_COMPILED_FNS: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) as a `torch.compile`d graph (compiled on first use, once per function),
+    or None when compiling failed (then this process runs everything eagerly).
+
+    With inductor's C++ wrapper, a call costs a third less here than with its Python one.
+    """
+    if _COMPILE_FAILURE is not None:
+        return None
+    try:
+        if fn not in _COMPILED_FNS:
+            _COMPILED_FNS[fn] = torch.compile(fn, options={"cpp_wrapper": True})
+        return _COMPILED_FNS[fn](*args)
+    except Exception as exc:  # no C++ compiler, an unsupported backend, ...
+        log.debug("torch.compile failure", exc_info=True)
+        _compile_failed(exc)
+        return None
+
+
 def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
     """The compiled ``grad_and_value`` of the flat step loss, one per (objective, per_sample).
 
@@ -736,8 +757,14 @@ def _aux_for(
     sub = aux.select(idx).detach()
     needs_mesh = config.loss_weights.vertices != 0
     with torch.no_grad():
-        aux_body = body(sub.params) if needs_mesh else body.keypoints_only(sub.params)
+        aux_body = run_compiled(_pose, body, sub.params, needs_mesh) if config.compile else None
+        if aux_body is None:
+            aux_body = _pose(body, sub.params, needs_mesh)
     return sub, aux_body
+
+
+def _pose(body: BodyModelLike, params: SMPLParams, mesh: bool) -> BodyOutput:
+    return body(params) if mesh else body.keypoints_only(params)
 
 
 def _assemble(records: list[_PersonRecord], scope: str) -> FitResult:
@@ -825,6 +852,9 @@ def _notify(on_step: Callable[[int, int], None] | None, step: int, total: int) -
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     """BatchNorm statistics and dropout frozen during the TTO (as the reference evaluation)."""
+    if not any(m.training for m in module.modules()):  # already (the worker's case)
+        yield
+        return
     was_training = module.training
     module.eval()
     try:
