@@ -441,10 +441,8 @@ def fit(
 
     regressor: f_w (its own weights are not changed). aux: f_u's prediction for the same
     people (B), used by step 0 when config.use_aux. batched: fit all people of the "head"
-    scope at once (per-person weights under vmap) instead of one by one; the results are
-    equal. None (default) picks the faster: batched when only the output layers adapt,
-    one by one when every head weight does (vmap over many stacked copies of millions of
-    weights costs more than the loop: `docs/benchmarks.md`).
+    scope at once (per-person weight copies) instead of one by one; the results are
+    equal. None (default) picks the faster (`default_batched`).
     on_step(step, total): progress callback after each update.
     record_steps: Adam step counts (0..config.steps) whose predictions `FitResult.recorded`
     keeps, so one fit gives a whole error-vs-steps curve (needs early_stop == 0: with an
@@ -499,8 +497,8 @@ def _fit(
     from model import head_tto  # it builds on this module
 
     fused = config.scope == "head" and config.fused_head and head_tto.supported(module, names)
-    if batched is None:  # the fused engine batches every subset at no cost per person
-        batched = fused or config.head_subset == "output"
+    if batched is None:
+        batched = default_batched(config, fused)
     if config.scope == "head" and batched and people:
         size = FUSED_GROUP if fused else len(people)
         groups = [people[i : i + size] for i in range(0, len(people), size)]
@@ -530,6 +528,19 @@ def _fit(
         for k, i in enumerate(group):
             records[i] = run.person(k)
     return _assemble([records[i] for i in range(len(active))], config.scope)
+
+
+def default_batched(config: TTOConfig, fused: bool) -> bool:
+    """Whether `fit(batched=None)` fits a head scope's people in one pass: the faster of the
+    two as measured in `docs/benchmarks.md` (the answers are equal either way).
+
+    Batched when only the output layers adapt. With every head weight adapting, a step is
+    bound by the traffic over each person's weight copy: the generic path's vmap and the
+    compiled fused steps are faster one person at a time, the eager fused steps batched.
+    """
+    if config.head_subset == "output":
+        return True
+    return fused and not config.compile
 
 
 class _GroupProgress:

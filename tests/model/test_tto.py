@@ -117,9 +117,9 @@ def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) ->
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_by_default_the_faster_of_batched_and_looped_runs(body, nets, fused: bool) -> None:
-    """batched=None: the fused head engine batches every subset; the generic path batches
-    under vmap only when the output layers adapt, and loops when every head weight does
-    (the faster of the two for each); the answers are the same either way."""
+    """batched=None: eager, the fused head engine batches every subset; the generic path
+    batches under vmap only when the output layers adapt, and loops when every head weight
+    does (the faster of the two for each); the answers are the same either way."""
     f_w, _ = nets
     inputs, _ = synthetic_people(body, 2, seed=5)
     with torch.no_grad():
@@ -132,6 +132,15 @@ def test_by_default_the_faster_of_batched_and_looped_runs(body, nets, fused: boo
         assert torch.equal(auto.final.crop_cam, forced.final.crop_cam), subset
         other = fit(f_w, head_inputs, body, config, batched=not batched)
         assert (auto.final.crop_cam - other.final.crop_cam).abs().max() <= 1e-5
+
+
+def test_compiled_fused_fits_of_every_head_weight_loop_over_people() -> None:
+    from model.tto import default_batched
+
+    assert not default_batched(TTOConfig(compile=True), fused=True)
+    assert default_batched(TTOConfig(compile=True, head_subset="output"), fused=True)
+    assert default_batched(TTOConfig(), fused=True)
+    assert not default_batched(TTOConfig(), fused=False)
 
 
 @pytest.mark.parametrize("subset", ["all", "output"])
