@@ -5,8 +5,8 @@ with the head's structure in mind. On a CPU a head step is bound by memory traff
 millions of weights and by per-operation overhead; this engine removes most of both.
 
 - The refinement iterations run forward and backward by hand, a handful of large products
-  per step: a weight gradient is the sum over the iterations of rank-one products, built
-  as one product with the iterations as the inner dimension, into buffers allocated once.
+  per step: a weight gradient is the sum over the iterations of rank-one products,
+  accumulated into buffers allocated once per fit.
 - fc1's feature half is never materialised. Its input z = [features, bbox_info, 1] (the 1
   carries the bias) is fixed during a fit, so every gradient of that layer is u z^T with
   u = dL/d(fc1 output); Adam's moments then stay rank one, m = M z^T and v = V (z^2)^T, and
@@ -15,8 +15,9 @@ millions of weights and by per-operation overhead; this engine removes most of b
   matrix, applied to the one vector the forward uses. That is 2.1 M of resnet50's 3.4 M
   head weights (0.5 M of resnet18's 1.9 M) that take no memory traffic.
 - The loss half (prediction -> posed keypoints -> 2D loss, and its gradient with respect to
-  the head's output) is `model.tto.prediction_loss` under `torch.func.grad_and_value`,
-  `torch.compile`d when `TTOConfig.compile` is on.
+  the head's output) is `model.tto.prediction_loss` through autograd. With
+  `TTOConfig.compile`, a step's forward, loss and backward run as one `torch.compile`d graph
+  (the loss gradient by `torch.func.grad_and_value` inside it); Adam stays the fused kernel.
 
 Every person gets their own weight copy (a leading person dimension), as in the generic
 path; several people are fitted in one pass. Results equal the generic path's to float
