@@ -154,7 +154,6 @@ class _Grads:
     """Gradient buffers of the adapted layers, allocated once per fit and reused."""
 
     def __init__(self, weights: _Weights, adapt: frozenset[str]) -> None:
-        self.adapt = adapt
         self.w = {n: torch.empty_like(weights.w[n]) for n in LAYERS if n in adapt}
 
     def fill(
@@ -163,8 +162,7 @@ class _Grads:
         factors: dict[str, tuple[list[Tensor], list[Tensor]]],
         grads: dict[str, Tensor],
     ) -> dict[str, Tensor]:
-        """`_backprop`'s factors as weight gradients (in the buffers), with the others."""
-        grads = dict(grads)
+        """`_backprop`'s factors as weight gradients (in the buffers), added to `grads`."""
         for name, (outer, inner) in factors.items():
             # sum_i outer_i^T inner_i, as broadcast products accumulated into the buffer:
             # 3-5x faster here than one (P, out, n) @ (P, n, in) product (an MKL GEMM with
@@ -186,15 +184,19 @@ def _backprop(
     gradient being sum_i outer_i^T inner_i over the iterations, and the other gradients
     (biases; "base": dL/d(fc1 output) summed over the iterations)."""
     n_iter = len(trace.states)
-    d_out: list[Tensor] = [g] * n_iter  # dL/d(decoder output), per iteration
-    d_x: list[Tensor] = [g] * n_iter
-    d_a: list[Tensor] = [g] * n_iter
+    fc1 = bool(adapt & {"fc1_state", FEATURE_LAYER})
+    d_out: list[Tensor] = []  # dL/d(decoder output), per iteration, the last first
+    d_x: list[Tensor] = []
+    d_a: list[Tensor] = []
     for i in reversed(range(n_iter)):
-        d_out[i] = g
-        d_x[i] = _vm(g, weights.w["dec"])
-        d_a[i] = _vm(d_x[i], weights.w["fc2"])
+        d_out.append(g)
+        d_x.append(_vm(g, weights.w["dec"]))
+        if i > 0 or fc1:  # the first iteration's only needs fc2's pass for fc1's gradients
+            d_a.append(_vm(d_x[-1], weights.w["fc2"]))
         if i > 0:  # the state's gradient flows through fc1_state into the iteration before
-            g = g + _vm(d_a[i], weights.w["fc1_state"])
+            g = g + _vm(d_a[-1], weights.w["fc1_state"])
+    for d in (d_out, d_x, d_a):
+        d.reverse()  # in the trace's order
     pairs = {"fc1_state": (d_a, trace.states), "fc2": (d_x, trace.a), "dec": (d_out, trace.x)}
     factors = {name: pairs[name] for name in LAYERS if name in adapt}
     grads = {
@@ -202,7 +204,8 @@ def _backprop(
         for name in factors
         if weights.b[name] is not None
     }
-    grads["base"] = torch.stack(d_a).sum(0)
+    if FEATURE_LAYER in adapt:
+        grads["base"] = torch.stack(d_a).sum(0)
     return factors, grads
 
 
@@ -353,6 +356,7 @@ def _evaluate(
 # --- the fit -------------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def fit_group(
     head: RegressorHead,
     names: list[str],
@@ -366,23 +370,6 @@ def fit_group(
     record_steps: tuple[int, ...] = (),
 ) -> _GroupRun:
     """The staged fit of P people (one weight copy each), as `model.tto._fit_group`."""
-    with torch.no_grad():
-        return _fit_group(
-            head, names, features, bbox_info, batch, body, config, on_step, record_steps
-        )
-
-
-def _fit_group(
-    head: RegressorHead,
-    names: list[str],
-    features: Tensor,
-    bbox_info: Tensor,
-    batch: StepBatch,
-    body: BodyModelLike,
-    config: TTOConfig,
-    on_step: Callable[[int, int], None] | None,
-    record_steps: tuple[int, ...],
-) -> _GroupRun:
     n_people = features.shape[0]
     total = 1 + config.steps
     adapt = frozenset(n.split(".")[0] for n in names)

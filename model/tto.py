@@ -149,8 +149,6 @@ def step_loss(
     The loss to differentiate is the batch mean, or with per_sample the sum of per-person
     losses (so each person's gradient is that person's own).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; valid: {OBJECTIVES}")
     pred = predict(module, params, batch.args, buffers, per_sample)
     return prediction_loss(
         pred, batch, body, objective=objective, weights=weights, per_sample=per_sample
@@ -273,12 +271,21 @@ def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
         return None
     try:
         if fn not in _COMPILED_FNS:
+            _allow_recompiles()
             _COMPILED_FNS[fn] = torch.compile(fn, options={"cpp_wrapper": True})
         return _COMPILED_FNS[fn](*args)
     except Exception as exc:  # no C++ compiler, an unsupported backend, ...
         log.debug("torch.compile failure", exc_info=True)
         _compile_failed(exc)
         return None
+
+
+def _allow_recompiles() -> None:
+    """Raise dynamo's per-function recompile limit: a compiled TTO function gets a graph per
+    objective, adapted subset, network shape and (static, then dynamic) number of people,
+    and the default limit (8) would silently drop the rest to eager."""
+    limit = max(int(torch._dynamo.config.recompile_limit), _RECOMPILE_LIMIT)
+    torch._dynamo.config.recompile_limit = limit
 
 
 def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
@@ -289,11 +296,8 @@ def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
     """
     key = (objective, per_sample)
     if key not in _COMPILED:
-        # Every key's graphs hang off the same traced frame (functorch's wrapper): 2
-        # objectives x 1 or many people x each network shape fitted in this process. The
-        # default limit (8) would silently drop the rest to eager.
-        limit = max(int(torch._dynamo.config.recompile_limit), _RECOMPILE_LIMIT)
-        torch._dynamo.config.recompile_limit = limit
+        # Every key's graphs hang off the same traced frame (functorch's wrapper).
+        _allow_recompiles()
 
         def flat(
             params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
