@@ -42,7 +42,9 @@ RUN python -m pip install '.[worker,gpu]' \
     && python -m pip install --force-reinstall --no-deps \
         "onnxruntime-gpu==$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
     # pyrender pins PyOpenGL==3.1.0, which breaks headless EGL/OSMesa: install it alone.
-    && python -m pip install --no-deps pyrender==${PYRENDER_VERSION}
+    && python -m pip install --no-deps pyrender==${PYRENDER_VERSION} \
+    # BlazePose's .tflite files: the wheel's files only, none of its dependencies.
+    && python -m pip install --no-deps mediapipe==0.10.14
 
 RUN useradd --create-home --uid 10001 metahmr
 USER metahmr

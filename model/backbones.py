@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 # ImageNet statistics on RGB in [0, 1]: what ResNet-style backbones are conventionally fed.
@@ -22,7 +23,22 @@ _RESNET_LAYERS = {
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
-BACKBONE_NAMES = (*_RESNET_LAYERS, "timm:<model name>")
+# The frozen BlazePose landmark network as the backbone: it runs outside PyTorch (LiteRT, in
+# the worker and in `training.features`), so the regressor's "backbone" is its output vector.
+LANDMARK_BACKBONES = ("blazepose-lite", "blazepose-full", "blazepose-heavy")
+BACKBONE_NAMES = (*_RESNET_LAYERS, *LANDMARK_BACKBONES, "timm:<model name>")
+
+
+def is_landmark_backbone(name: str) -> bool:
+    """Whether `name` is a BlazePose backbone (features computed outside PyTorch)."""
+    return name in LANDMARK_BACKBONES
+
+
+def landmark_variant(name: str) -> str:
+    """"blazepose-full" -> "full"."""
+    if not is_landmark_backbone(name):
+        raise ValueError(f"{name!r} is not a BlazePose backbone; valid: {LANDMARK_BACKBONES}")
+    return name.split("-", 1)[1]
 
 
 def normalize_crops(crops: np.ndarray) -> np.ndarray:
@@ -179,11 +195,38 @@ class TimmBackbone(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
-def build_backbone(name: str, width: float = 1.0) -> ResNet | TimmBackbone:
+class LandmarkInput(nn.Module):
+    """The "backbone" of a BlazePose regressor: BlazePose's per-person output vector
+    (`model.blazepose.head_features`, (B, FEATURE_DIM)) passed through, with Gaussian noise
+    of std `noise` while training (BlazePose misses by a few percent of the box on real
+    photos; the head must not trust its input more than that). Identity in eval mode."""
+
+    stride = 1
+
+    def __init__(self, dim: int, noise: float = 0.0) -> None:
+        super().__init__()
+        self.out_channels = dim
+        self.noise = noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, dim) -> (B, dim)."""
+        if self.training and self.noise > 0:
+            return x + self.noise * torch.randn_like(x)
+        return x
+
+
+def build_backbone(
+    name: str, width: float = 1.0, input_noise: float = 0.0
+) -> ResNet | TimmBackbone | LandmarkInput:
     """The backbone called `name` (see BACKBONE_NAMES), randomly initialised.
 
     width: channel multiplier for the in-house ResNets (must be 1.0 for timm models).
+    input_noise: training-time noise std of a BlazePose backbone's input vector.
     """
+    if is_landmark_backbone(name):
+        from model.blazepose import FEATURE_DIM
+
+        return LandmarkInput(FEATURE_DIM, input_noise)
     if name in _RESNET_LAYERS:
         if not (math.isfinite(width) and width > 0):
             raise ValueError(f"width must be a positive number, got {width}")

@@ -24,10 +24,13 @@ class BackboneConfig:
     name: "resnet18" | "resnet34" | "resnet50", or "timm:<model name>" when timm is installed.
     width: channel multiplier of the in-house ResNets (1.0 = the standard widths; 0.5 halves
         every layer, a quarter of the compute, for the CPU-sized model).
+    input_noise: for "blazepose-*" (BlazePose's outputs as the features), the std of the
+        Gaussian noise added to them while training.
     """
 
     name: str = "resnet50"
     width: float = 1.0
+    input_noise: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.backbones import IMAGENET_MEAN, IMAGENET_STD
+from model.backbones import IMAGENET_MEAN, IMAGENET_STD, is_landmark_backbone
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import to_dict
 from model.keypoint_detector import COCO17_FLIP_PERM, KeypointDetector
@@ -96,14 +96,17 @@ def graph_specs(ckpt: Checkpoint) -> list[GraphSpec]:
         if model is None:
             continue
         feat = model.feature_dim
-        specs.append(
-            GraphSpec(
-                f"{net}_backbone",
-                _BackboneGraph(model).eval(),
-                {"image": image},
-                {"features": (BATCH, feat)},
+        # A BlazePose regressor's backbone runs in LiteRT in the worker (model.blazepose);
+        # only its heads are ONNX graphs.
+        if not is_landmark_backbone(model.config.backbone.name):
+            specs.append(
+                GraphSpec(
+                    f"{net}_backbone",
+                    _BackboneGraph(model).eval(),
+                    {"image": image},
+                    {"features": (BATCH, feat)},
+                )
             )
-        )
         specs.append(
             GraphSpec(
                 f"{net}_head",
@@ -190,6 +193,15 @@ def build_manifest(
         "checkpoint_file": CHECKPOINT_FILE,
         "checkpoint_sha256": checkpoint_sha256,
     }
+    name = ckpt.regressor_config.backbone.name
+    if is_landmark_backbone(name):
+        from model.backbones import landmark_variant
+        from model.blazepose import FEATURE_DIM, WHEEL_PACKAGE, WHEEL_VERSION
+
+        manifest["blazepose"] = {
+            "variant": landmark_variant(name), "feature_dim": FEATURE_DIM,
+            "package": f"{WHEEL_PACKAGE}=={WHEEL_VERSION}", "licence": "Apache-2.0",
+        }  # fmt: skip
     if ckpt.detector_config is not None:
         manifest["detector"] = {
             "config": to_dict(ckpt.detector_config),

@@ -157,7 +157,7 @@ class Regressor(nn.Module):
         super().__init__()
         self.config = config or RegressorConfig()
         cfg = self.config
-        self.backbone = build_backbone(cfg.backbone.name, cfg.backbone.width)
+        self.backbone = build_backbone(cfg.backbone.name, cfg.backbone.width, cfg.backbone.input_noise)
         feature_dim = int(self.backbone.out_channels)
         self.head = RegressorHead(feature_dim, cfg.hidden, cfg.n_iter, cfg.dropout)
 

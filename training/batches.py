@@ -26,6 +26,8 @@ def network_input(images: Tensor, crop_hw: tuple[int, int]) -> Tensor:
     The data set always cuts 256x192 crops; a smaller network crop (a CPU-sized config) is
     an antialiased resize of them, so every label (defined on the box) stays valid.
     """
+    if images.ndim == 2:  # BlazePose output vectors (B, F): the network's input as it is
+        return images
     if tuple(images.shape[-2:]) != tuple(crop_hw):
         images = F.interpolate(images, size=crop_hw, mode="bilinear", antialias=True)
     mean = images.new_tensor(IMAGENET_MEAN)[None, :, None, None]

@@ -33,6 +33,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     synth.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     synth.set_defaults(func=_synth)
 
+    feats = data_sub.add_parser(
+        "features", help="cache BlazePose's outputs for a data set (the heads train on them)"
+    )
+    feats.add_argument("--data", nargs="+", required=True, type=Path, help="data set folders")
+    feats.add_argument("--out", required=True, type=Path, help="cache folder")
+    feats.add_argument("--views", type=int, default=1, help="augmented views per person")
+    feats.add_argument("--no-augment", action="store_true", help="view 0 as labelled (eval)")
+    feats.add_argument("--variant", choices=("lite", "full", "heavy"), default="full")
+    feats.add_argument("--seed", type=int, default=0)
+    feats.add_argument("--workers", type=int, default=2, help="processes")
+    feats.add_argument("--limit", type=int, help="the first N people only")
+    feats.set_defaults(func=_features)
+
     preview = data_sub.add_parser("preview", help="contact sheet with keypoints and GT mesh")
     preview.add_argument("sources", nargs="+", type=Path, help="data set folders or .npz files")
     preview.add_argument("--out", type=Path, required=True, help="output PNG")
@@ -72,6 +85,17 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    from training.features import cache_features
+
+    out = cache_features(
+        [str(d) for d in args.data], args.out, views=args.views, variant=args.variant,
+        seed=args.seed, augment=not args.no_augment, workers=args.workers, limit=args.limit,
+    )  # fmt: skip
+    logging.getLogger("metahmr.data").info("feature cache: %s", out)
+    return 0
+
+
 def _preview(args: argparse.Namespace) -> int:
     from training.synth.preview import make_contact_sheet
 
@@ -107,6 +131,9 @@ def _register_train(sub: Any) -> None:
                      help="model size preset: tiny (tests), cpu (resnet18 x0.5), paper (resnet50)")
     pre.add_argument("--backbone", help="override the preset's backbone (e.g. resnet34)")
     pre.add_argument("--width", type=float, help="override the backbone width multiplier")
+    pre.add_argument("--input-noise", type=float,
+                     help="blazepose-* backbones: std of the noise added to BlazePose's outputs "
+                     "while training")
     pre.add_argument("--hidden", type=int, help="override the head width")
     pre.add_argument("--crop", type=_hw, help="network crop HxW, e.g. 128x96 (default 256x192)")
     pre.add_argument("--scope", choices=("head", "full"), default="head",
@@ -221,7 +248,10 @@ def _regressor(args: argparse.Namespace) -> Any:
     presets = {"tiny": RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64),
                "cpu": cpu_regressor(), "paper": paper_regressor()}
     cfg = presets[args.size]
-    backbone = BackboneConfig(args.backbone or cfg.backbone.name, args.width or cfg.backbone.width)
+    backbone = BackboneConfig(
+        args.backbone or cfg.backbone.name, args.width or cfg.backbone.width,
+        getattr(args, "input_noise", None) or 0.0,
+    )  # fmt: skip
     cfg = replace(cfg, backbone=backbone, hidden=args.hidden or cfg.hidden)
     if getattr(args, "dropout", None) is not None:
         cfg = replace(cfg, dropout=args.dropout)
@@ -302,6 +332,10 @@ def _register_eval(sub: Any) -> None:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--limit", type=int, help="at most this many samples per split")
+    ev.add_argument("--real", type=Path,
+                    help="real-photo folder (default: $METAHMR_REALDATA, else ../shared/realdata; "
+                    "skipped with a note when absent)")
+    ev.add_argument("--no-real", action="store_true", help="skip the real-photo split")
     ev.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--model-card", type=Path,
@@ -333,7 +367,7 @@ def _eval(args: argparse.Namespace) -> int:
         scope=args.scope,
         detector_checkpoint=None if args.detector_checkpoint is None else str(args.detector_checkpoint),
         batch_size=args.batch_size, workers=args.workers, device=args.device, seed=args.seed,
-        limit=args.limit, progress=not args.no_progress,
+        limit=args.limit, progress=not args.no_progress, real=_real_folder(args),
     )
     result = evaluate(config)
     for path in write_report(result, config.out_dir, config.table_steps):
@@ -345,6 +379,21 @@ def _eval(args: argparse.Namespace) -> int:
         write_section(args.model_card, "Metrics", card_metrics(result, config.table_steps))
         logging.getLogger("metahmr.eval").info("wrote the metrics of %s", args.model_card)
     return 0
+
+
+def _real_folder(args: argparse.Namespace) -> str | None:
+    from training.realdata import default_realdata_path, find_realdata
+
+    if args.no_real:
+        return None
+    found = find_realdata(args.real)
+    if found is None:
+        where = args.real or default_realdata_path()
+        logging.getLogger("metahmr.eval").warning(
+            "real-photo split skipped: no annotations.json under %s (pass --real DIR or set "
+            "METAHMR_REALDATA)", where)  # fmt: skip
+        return None
+    return str(found)
 
 
 def _register_tune(sub: Any) -> None:

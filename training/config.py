@@ -192,6 +192,8 @@ class EvalConfig:
         runs every TTO method in both (the scope comparison; rows carry their scope).
     detector_checkpoint: where the keypoint detector comes from (None = the first
         checkpoint that has one).
+    real: the real-photo folder (`training.realdata`), None = no real split; real_steps:
+        the TTO steps every method runs there (the reference 14).
     """
 
     checkpoints: dict[str, str]
@@ -208,6 +210,8 @@ class EvalConfig:
     seed: int = 0
     limit: int | None = None
     progress: bool = True
+    real: str | None = None
+    real_steps: int = 14
 
     def __post_init__(self) -> None:
         unknown = set(self.checkpoints) - set(METHODS)

@@ -45,8 +45,9 @@ from model.regressor import Regressor
 from model.tto import TTOInputs, fit
 from training.batches import batch_crop, network_input
 from training.config import KEYPOINT_SOURCES, METHODS, EvalConfig
-from training.datasets import HMRBatch, HMRDataset, collate_samples
+from training.datasets import HMRBatch, collate_samples
 from training.distributed import resolve_device
+from training.features import is_feature_cache
 from training.keypoint_noise import detector_noise
 from training.metrics import SampleErrors, mpjpe, pa_mpjpe, pck, pve
 
@@ -83,6 +84,8 @@ class EvalResult:
     model: dict[str, Any]
     methods: dict[str, dict[str, Any]]
     samples: dict[str, int]
+    real: dict[str, Any] | None = None  # per method, `RealScores.to_json()`; None: no split
+    real_md: str = ""
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -113,6 +116,14 @@ def detector_keypoints(detector: KeypointDetector, batch: HMRBatch) -> Tensor:
 
 
 # --- predictions -----------------------------------------------------------------------------
+
+
+def cached_keypoints(folder: str, batch: HMRBatch) -> Tensor:
+    """(B, 17, 3) BlazePose's COCO-17 keypoints of the batch's people, from its feature cache
+    (BlazePose is the built-in detector of a BlazePose model)."""
+    from training.features import cached_blazepose_keypoints
+
+    return torch.from_numpy(cached_blazepose_keypoints(folder)[batch.index.cpu().numpy()])
 
 
 def regression(method: Method, images: Tensor, batch: HMRBatch) -> RegressorOutput:
@@ -211,7 +222,8 @@ def evaluate(
     methods = methods if methods is not None else load_methods(config, device)
     scopes = eval_scopes(config, methods)
     detector = load_detector(config, methods, device) if "detector" in config.keypoints else None
-    sources = [s for s in config.keypoints if s != "detector" or detector is not None]
+    cached = all(is_feature_cache(f) for f in config.splits.values())
+    sources = [s for s in config.keypoints if s != "detector" or detector is not None or cached]
     if len(sources) < len(config.keypoints):
         log.warning("no checkpoint has a keypoint detector: detector keypoints skipped")
     steps = tuple(sorted(set(config.steps)))
@@ -230,6 +242,8 @@ def evaluate(
             keypoints = {"noisy_gt": noisy_keypoints(batch, gen)} if "noisy_gt" in sources else {}
             if detector is not None and "detector" in sources:
                 keypoints["detector"] = detector_keypoints(detector, batch)
+            elif "detector" in config.keypoints and is_feature_cache(folder):
+                keypoints["detector"] = cached_keypoints(folder, batch).to(device)
             for key, err in _batch_errors(methods, batch, keypoints, body, scopes, steps, timing):
                 errors[(split, *key)].append(err)
     rows = _rows(errors, list(config.splits))
@@ -239,7 +253,29 @@ def evaluate(
         per_scope = info[name].setdefault("tto_ms_per_person", {})
         per_scope[scope] = round(1000 * seconds / max(people, 1), 2)
         info[name]["tto_steps_timed"] = max(steps)
-    return EvalResult(rows, model, info, samples)
+    real, real_md = _real_split(config, methods, body)
+    return EvalResult(rows, model, info, samples, real, real_md)
+
+
+def _real_split(
+    config: EvalConfig, methods: list[Method], body: BodyModel
+) -> tuple[dict[str, Any] | None, str]:
+    """The real-photo split (`training.evaluate_real`), when config.real is set."""
+    if config.real is None:
+        return None, ""
+    from training.evaluate_real import evaluate_real
+    from training.realdata import markdown_section
+
+    try:
+        scores, timing = evaluate_real(config.real, methods, body.cpu(), steps=config.real_steps)
+    except FileNotFoundError as exc:
+        log.warning("real split skipped: %s", exc)
+        return None, ""
+    payload = {
+        "folder": str(config.real), "tto_steps": config.real_steps,
+        "methods": {k: v.to_json() for k, v in scores.items()}, "fit_ms_per_person": timing,
+    }  # fmt: skip
+    return payload, markdown_section(scores)
 
 
 def _batch_errors(
@@ -282,7 +318,9 @@ def _batch_errors(
 
 
 def _loader(folder: str, config: EvalConfig) -> DataLoader:
-    dataset: Any = HMRDataset(folder)  # no augmentation: deterministic crops
+    from training.features import open_dataset
+
+    dataset: Any = open_dataset(folder)  # no augmentation: deterministic crops
     if config.limit is not None:
         dataset = Subset(dataset, range(min(config.limit, len(dataset))))
     return DataLoader(
@@ -355,6 +393,8 @@ def write_report(result: EvalResult, out_dir: str | Path, table_steps: int = 14)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"model": result.model, "methods": result.methods, "samples": result.samples,
                "rows": result.rows}
+    if result.real is not None:
+        payload["real"] = result.real
     json_path = out / RESULTS_JSON
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     png_path = out / RESULTS_PNG
@@ -415,6 +455,15 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
                 for k in METRICS:
                     cells.append("-" if row is None else _fmt_metric(k, row[k]))
             lines.append("| " + " | ".join(cells) + " |")
+    if result.real is not None:
+        lines += [
+            "", "## Real photographs", "",
+            f"`{result.real['folder']}`: every method at {result.real['tto_steps']} TTO steps "
+            "(early stop as the checkpoint's), BlazePose landmarks for every person; errors "
+            "on the 12 limb joints as a fraction of the box height (median over people), "
+            "PA-MPJPE of the limb joints on the Human3.6M frames.", "",
+            result.real_md,
+        ]  # fmt: skip
     lines += ["", "## Error against TTO steps", "", f"![steps vs error]({plot_name})", ""]
     return "\n".join(lines)
 

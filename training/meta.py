@@ -34,8 +34,9 @@ from model.outputs import BodyOutput, RegressorOutput
 from model.regressor import Regressor
 from training.batches import batch_crop, network_input, train_targets
 from training.config import MetaConfig
-from training.datasets import HMRBatch, HMRDataset
+from training.datasets import HMRBatch
 from training.distributed import init_distributed, shutdown
+from training.features import open_dataset
 from training.keypoint_noise import detector_noise
 from training.pretrain import as_float32, autocast, forward, supervised_loss, term_scalars
 from training.trainer import TrainResult, config_dict, train
@@ -252,7 +253,7 @@ def run_meta(config: MetaConfig, resume: bool = False, body: BodyModel | None = 
                 "%s was trained with body model %s, this run uses %s",
                 config.init_checkpoint, init.body_model_id, body.id,
             )
-        dataset = HMRDataset(list(config.data))
+        dataset = open_dataset(list(config.data))
         log.info(
             "meta-training (%s scope, %s, %s-order, alpha=%g) on %d samples",
             config.scope, "per sample" if config.task == "sample" else "batch as one task",

@@ -24,8 +24,9 @@ from model.regressor import Regressor, build_regressor
 from model.tto import BodyModelLike
 from training.batches import network_input, train_targets
 from training.config import PretrainConfig
-from training.datasets import HMRBatch, HMRDataset
+from training.datasets import HMRBatch
 from training.distributed import DistContext, init_distributed, shutdown
+from training.features import open_dataset
 from training.trainer import TrainResult, config_dict, train
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def run_pretrain(
     ctx: DistContext = init_distributed(config.loop.device)
     try:
         torch.manual_seed(config.loop.seed)
-        dataset = HMRDataset(list(config.data))
+        dataset = open_dataset(list(config.data))
         log.info("pre-training on %d samples from %s", len(dataset), ", ".join(config.data))
         body = (body if body is not None else load_body_model()).to(ctx.device)
         task = PretrainTask(config, body)

@@ -171,8 +171,12 @@ def make_loader(
     sampler = StepBatchSampler(
         len(dataset), loop.batch_size, loop.seed, ctx.rank, ctx.world_size, start
     )
+    from training.features import FeatureDataset
+
+    # A feature cache's views were augmented when it was written; it is keyed the same way.
+    view = dataset if isinstance(dataset, FeatureDataset) else SeededView(dataset, augment, loop.seed)
     loader = DataLoader(
-        SeededView(dataset, augment, loop.seed),
+        view,
         batch_sampler=sampler,
         num_workers=loop.workers,
         collate_fn=collate_samples,

@@ -4,6 +4,8 @@
   ONNX under the cache (``METAHMR_CACHE_DIR``), where the worker finds it.
 - ``metahmr assets example --out docs/img``: the documentation's example photo and its
   COCO-17 keypoints (a synthetic person; see `training/example.py`).
+- ``metahmr assets blazepose --out DIR``: BlazePose lite / full / heavy and the detector in
+  one folder (`METAHMR_BLAZEPOSE_DIR`), from the @mediapipe/pose npm package (needs npm).
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def _assets_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assets_blazepose(args: argparse.Namespace) -> int:
+    from model.blazepose import BlazePoseUnavailable, fetch_npm_models
+
+    try:
+        files = fetch_npm_models(args.out)
+    except (BlazePoseUnavailable, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    for f in files:
+        log.info("wrote %s", f)
+    log.info("use them with METAHMR_BLAZEPOSE_DIR=%s METAHMR_BLAZEPOSE=heavy (or lite)", args.out)
+    return 0
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
     del groups
     assets = sub.add_parser("assets", help="derived model assets (ONNX graphs), example data")
@@ -69,3 +85,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     example.add_argument("--out", type=Path, default=Path("docs/img"), help="output directory")
     example.add_argument("--seed", type=int, default=2024, help="synthetic engine seed")
     example.set_defaults(func=_assets_example)
+    bp = assets_sub.add_parser(
+        "blazepose",
+        help="BlazePose lite/full/heavy from the @mediapipe/pose npm package (optional)",
+        description="npm pack the pinned @mediapipe/pose, check the landmark models' sha256, "
+        "and write them with the detector (from the mediapipe wheel) and a provenance note to "
+        "OUT; then set METAHMR_BLAZEPOSE_DIR=OUT.",
+    )
+    bp.add_argument("--out", type=Path, required=True, help="output directory")
+    bp.set_defaults(func=_assets_blazepose)

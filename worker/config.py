@@ -38,6 +38,11 @@ class WorkerSettings(Settings):
     # `docs/benchmarks.md`). The worker compiles at start (minutes on a small CPU the first
     # time, seconds once torch's on-disk cache holds the graphs). Needs a C++ compiler.
     tto_compile: bool = False
+    # BlazePose (model.blazepose): the people detector and the built-in keypoints, and the
+    # backbone of a BlazePose model (which fixes the variant it was trained with). "lite" and
+    # "heavy" need `metahmr assets blazepose` and METAHMR_BLAZEPOSE_DIR. "off": no detector and
+    # no built-in keypoints (apps that always send both), not for BlazePose models.
+    blazepose: Literal["lite", "full", "heavy", "off"] = "full"
     concurrency: int = Field(default=1, ge=1, le=64)
     job_soft_time_limit_s: float = Field(default=300.0, gt=0)
     job_hard_time_limit_s: float = Field(default=330.0, gt=0)

@@ -2,12 +2,15 @@
 
 Per request:
 
-1. **detect**: people boxes (given, else the box around the given keypoints, else the whole
-   image) -> 256x192 crops + CLIFF bbox info (`model.crop`, `CropInfo`); each person's 2D
-   keypoints from the request (coco17 / openpose25 / mediapipe33, mapped to COCO-17), else
-   the export's keypoint detector, else none (that person gets no TTO).
-2. **regress**: ONNX Runtime f_w (backbone -> features, head -> initial SMPL + crop camera)
-   and f_u (pseudo-SMPL for step 0's agreement terms).
+1. **detect**: people boxes (given, else the box around the given keypoints, else BlazePose's
+   person detector: every person found, best first) -> 256x192 crops + CLIFF bbox info
+   (`model.crop`, `CropInfo`); BlazePose's landmarks for every person (`model.blazepose`,
+   LiteRT); each person's 2D keypoints from the request (coco17 / openpose25 / mediapipe33,
+   mapped to COCO-17), else BlazePose's (source "blazepose"), else the export's heatmap
+   detector (older models, when BlazePose is not installed), else none (no TTO).
+2. **regress**: f_w's backbone (BlazePose's output vector for a BlazePose model, else the
+   ONNX image backbone), its ONNX head -> initial SMPL + crop camera, and f_u the same
+   (pseudo-SMPL for step 0's agreement terms).
 3. **fit**: `model.tto.fit` of f_w in PyTorch, in the checkpoint's scope, from the ONNX
    features; one progress call per TTO step.
 4. **render** (on request): the posed meshes as mesh.obj / mesh.glb (camera frame, y up) and
@@ -52,6 +55,7 @@ FIT_FORMAT = "coco17"
 BOX_RESCALE = 1.2  # CLIFF/SPIN's margin around a person's box
 # Keypoints stop at the ankles and the face; the body reaches a little beyond them.
 KEYPOINT_BOX_PAD = 0.1
+MAX_PEOPLE = 16  # people the detector may return for one image
 NO_KEYPOINTS = "no keypoints: none given for this person and the model has no detector"
 ZERO_STEPS = "tto.steps is 0: regression only"
 MESH_COLOR = (0.65, 0.74, 0.86)
@@ -95,11 +99,34 @@ def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
             "METAHMR_BODY_MODEL to the file it was trained with (or unset it for the bundled "
             "open model)"
         )
+    variant = model.blazepose_variant or settings.blazepose
+    if model.blazepose_variant and settings.blazepose != model.blazepose_variant:
+        log.warning("METAHMR_BLAZEPOSE=%s ignored: this model reads BlazePose %s",
+                    settings.blazepose, variant)  # fmt: skip
+    blazepose = None
+    if variant != "off":
+        blazepose = load_blazepose(variant, settings.onnx_threads, bool(model.blazepose_variant))
     pipeline = OnnxPipeline(
-        model, body.to(device), settings.torch_threads, device, compile_tto=settings.tto_compile
+        model, body.to(device), settings.torch_threads, device, compile_tto=settings.tto_compile,
+        blazepose=blazepose,
     )
     pipeline.warm_up()
     return pipeline
+
+
+def load_blazepose(variant: str, threads: int, required: bool) -> Any:
+    """`model.blazepose.BlazePose`, or None when it is missing and not `required` (a model
+    with an image backbone then falls back to its own detector, or to no keypoints)."""
+    from model.blazepose import BlazePose, BlazePoseUnavailable
+
+    try:
+        return BlazePose(variant, threads=threads)
+    except BlazePoseUnavailable as exc:
+        if required:
+            raise PipelineUnavailable(f"this model reads BlazePose {variant}: {exc}") from exc
+        log.warning("BlazePose unavailable (%s): no person detector; keypoints from the "
+                    "model's own detector if it has one", exc)  # fmt: skip
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,8 +158,10 @@ class OnnxPipeline:
         threads: int,
         device: torch.device,
         compile_tto: bool = False,
+        blazepose: Any = None,
     ) -> None:
         self.model = model
+        self.blazepose = blazepose  # model.blazepose.BlazePose, or None
         self.ckpt = model.checkpoint
         self.body = body.eval()
         self.threads = threads
@@ -224,13 +253,18 @@ class OnnxPipeline:
 
         progress("detect", 0, 1)
         with _timed(timings, "detect"):
-            people = parse_people(options.get("people") or [], width, height)
+            people, landmarks = self._people(image, options.get("people") or [])
             crops = self._crops(image, people, focal)
-            keypoints, sources = self._keypoints(image, people, crops, focal)
+            if landmarks is None and self.blazepose is not None:
+                from model.blazepose import roi_from_cliff_boxes
+
+                roi = roi_from_cliff_boxes(crops.crop.center.numpy(), crops.crop.box_size.numpy())
+                landmarks = self.blazepose.landmarks(image, roi, refine=False)
+            keypoints, sources = self._keypoints(image, people, crops, focal, landmarks)
         progress("detect", 1, 1)
         return _Request(
             image, progress, focal, config, wanted, people, crops, keypoints, sources,
-            timings, start,
+            timings, start, landmarks,
         )  # fmt: skip
 
     def _run_together(self, requests: Sequence[_Request]) -> list[PipelineResult | Exception]:
@@ -242,7 +276,9 @@ class OnnxPipeline:
             r.progress("regress", 0, 1)
         timings: dict[str, float] = {}
         with _timed(timings, "regress"):
-            features, initial, aux = self._regress(_cat_crops([r.crops for r in requests]))
+            features, initial, aux = self._regress(
+                _cat_crops([r.crops for r in requests]), [r.landmarks for r in requests]
+            )
         bounds = np.cumsum([0] + [len(r.people) for r in requests])
         spans = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         for r in requests:
@@ -353,8 +389,31 @@ class OnnxPipeline:
             raise PermanentJobError(f"cannot crop these people: {exc}") from exc
         return Crops(images, crop)
 
+    def _people(
+        self, image: np.ndarray, people_in: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[Person], Any]:
+        """The request's people, else everyone BlazePose finds (with their landmarks), else
+        the whole image as one person."""
+        height, width = image.shape[:2]
+        if people_in or self.blazepose is None:
+            return parse_people(people_in, width, height), None
+        from model.blazepose import PRESENCE_THRESHOLD, landmark_boxes
+
+        found = self.blazepose.detect_people(image)
+        lm = self.blazepose.landmarks(image, found.roi.select(range(min(len(found.roi), MAX_PEOPLE))),
+                                      refine=False)  # fmt: skip
+        lm = lm.select(np.flatnonzero(lm.score >= PRESENCE_THRESHOLD))
+        if len(lm.score) == 0:
+            return parse_people([], width, height), None
+        return [Person(box, None) for box in landmark_boxes(lm, (height, width))], lm
+
     def _keypoints(
-        self, image: np.ndarray, people: Sequence[Person], crops: Crops, focal: float
+        self,
+        image: np.ndarray,
+        people: Sequence[Person],
+        crops: Crops,
+        focal: float,
+        landmarks: Any = None,
     ) -> tuple[np.ndarray, list[str | None]]:
         """(B, 17, 3) COCO-17 keypoints (zeros where none) and each person's source."""
         points = np.zeros((len(people), 17, 3), np.float32)
@@ -363,6 +422,13 @@ class OnnxPipeline:
             if p.keypoints is not None:
                 points[i], sources[i] = p.keypoints, "request"
         missing = [i for i, s in enumerate(sources) if s is None]
+        if missing and landmarks is not None:
+            from model.blazepose import coco17_keypoints
+
+            found = coco17_keypoints(landmarks)
+            for i in missing:
+                points[i], sources[i] = found[i], "blazepose"
+            return points, sources
         detector = self.model.detector
         if missing and detector is not None:
             detected = self._detect(image, crops, missing, focal)
@@ -394,18 +460,30 @@ class OnnxPipeline:
         found[..., 2] = np.clip(found[..., 2], 0.0, 1.0)
         return found
 
-    def _regress(self, crops: Crops) -> tuple[np.ndarray, RegressorOutput, RegressorOutput | None]:
-        """ONNX f_w (and f_u): features (B, F), initial and auxiliary `RegressorOutput`s."""
+    def _regress(
+        self, crops: Crops, landmarks: Sequence[Any]
+    ) -> tuple[np.ndarray, RegressorOutput, RegressorOutput | None]:
+        """f_w (and f_u): features (B, F), initial and auxiliary `RegressorOutput`s."""
         from model.backbones import normalize_crops
 
-        x = normalize_crops(crops.images)
         info = crops.crop.bbox_info().numpy()
         g = self.model.graphs
-        features = g["f_w_backbone"](image=x)["features"]
+        if self.model.blazepose_variant is not None:
+            from model.blazepose import head_features
+
+            # BlazePose's outputs are both networks' features (one frozen backbone).
+            crop = crops.crop
+            features = head_features(
+                _cat_landmarks(landmarks), crop.center.numpy(), crop.box_size.numpy()
+            )
+            aux_features = features
+        else:
+            x = normalize_crops(crops.images)
+            features = g["f_w_backbone"](image=x)["features"]
+            aux_features = g["f_u_backbone"](image=x)["features"] if self.model.has_aux else None
         initial = _output(g["f_w_head"](features=features, bbox_info=info))
         aux = None
         if self.model.has_aux:
-            aux_features = g["f_u_backbone"](image=x)["features"]
             aux = _output(g["f_u_head"](features=aux_features, bbox_info=info))
         return features, initial, aux
 
@@ -729,6 +807,7 @@ class _Request:
     sources: list[str | None]
     timings: dict[str, float]
     start: float
+    landmarks: Any = None  # model.blazepose.Landmarks of the people, or None
 
 
 class _Guard:
@@ -753,6 +832,15 @@ def _fan_out(progress: Sequence[ProgressFn]) -> ProgressFn:
             p(stage, step, total)
 
     return each
+
+
+def _cat_landmarks(landmarks: Sequence[Any]) -> Any:
+    """Several jobs' `Landmarks` as one batch, in order."""
+    from model.blazepose import concat_landmarks
+
+    if any(lm is None for lm in landmarks):
+        raise PipelineUnavailable("a BlazePose model needs BlazePose's landmarks for every person")
+    return landmarks[0] if len(landmarks) == 1 else concat_landmarks(landmarks)
 
 
 def _cat_crops(crops: Sequence[Crops]) -> Crops:

@@ -98,7 +98,7 @@ def test_a_scope_the_model_was_not_trained_for_fails_the_job(stack, tiny_model_d
     assert job["status"] == "succeeded"
     assert job["progress"] == {"stage": "render", "step": 1, "total": 1}
     (person,) = job["result"]["people"]
-    assert person["keypoint_source"] == "detector" and person["fit"]["steps_run"] == 2
+    assert person["keypoint_source"] == "blazepose" and person["fit"]["steps_run"] == 2
     glb = stack.client.download(job["job_id"], "mesh.glb")
     assert len(trimesh.load(io.BytesIO(glb), file_type="glb").geometry) == 1
 

@@ -279,12 +279,19 @@ def test_people_without_keypoints_use_the_detector_or_go_unfitted(
     pipeline: OnnxPipeline, exported_without_detector: Path, person
 ) -> None:  # type: ignore[no-untyped-def]
     out, _ = _run(pipeline, person, {"tto": {"steps": 1}})
-    (p,) = out.result["people"]
-    assert p["bbox"] == [0.0, 0.0, 640.0, 480.0]  # no people given: the whole image
-    assert p["keypoint_source"] == "detector" and np.asarray(p["keypoints_2d"]).shape == (17, 3)
+    (p,) = out.result["people"]  # no people given: BlazePose's detector finds the one
+    assert _iou(p["bbox"], person["bbox"]) > 0.5
+    assert p["keypoint_source"] == "blazepose" and np.asarray(p["keypoints_2d"]).shape == (17, 3)
     assert all(0.0 <= c <= 1.0 for _, _, c in p["keypoints_2d"])
-    bare = build_pipeline(_settings(exported_without_detector))
+    # Without BlazePose the model's own heatmap detector supplies the keypoints ...
     box = [float(v) for v in person["bbox"]]
+    old = build_pipeline(_settings(pipeline.model.directory, blazepose="off"))
+    out, _ = _run(old, person, {"people": [{"bbox": box}], "tto": {"steps": 1}})
+    assert out.result["people"][0]["keypoint_source"] == "detector"
+    # ... and with neither, a person without keypoints goes unfitted.
+    bare = build_pipeline(
+        _settings(exported_without_detector, blazepose="off")
+    )
     out, calls = _run(bare, person, {"people": [{"bbox": box}], "tto": {"steps": 3}})
     (p,) = out.result["people"]
     assert p["bbox"] == box and p["keypoint_source"] is None and p["keypoints_2d"] is None
@@ -391,3 +398,11 @@ def test_compiled_tto_steps_give_the_eager_result(exported: Path, pipeline: Onnx
     assert np.allclose(a["smpl"]["body_pose"], b["smpl"]["body_pose"], atol=1e-4)
     assert np.allclose(a["camera"]["translation"], b["camera"]["translation"], atol=1e-4)
     assert a["smpl"]["body_pose"] != a["initial"]["smpl"]["body_pose"]  # the fit moved it
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    lo = np.maximum(np.asarray(a[:2]), np.asarray(b[:2]))
+    hi = np.minimum(np.asarray(a[2:]), np.asarray(b[2:]))
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
