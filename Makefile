@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 APT_PKGS := libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all lint serve assets clean-venv
+.PHONY: install test test-all test-smpl lint serve assets clean-venv
 
 install: $(STAMP) assets
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[worker,dev]'
 	# pyrender pins PyOpenGL==3.1.0, which breaks headless OSMesa/EGL: install it alone.
 	$(PIP) install -q --no-deps pyrender==0.1.45
+	# BlazePose's .tflite files ship in this wheel; only the files are read (LiteRT runs
+	# them), so none of its dependencies (TensorFlow-sized) are installed. Pinned: later
+	# releases no longer ship them.
+	$(PIP) install -q --no-deps mediapipe==0.10.14
 	@touch $(STAMP)
 
 # Derived, uncommitted artefacts (e.g. ONNX graphs exported from the shipped weights).
@@ -34,6 +38,14 @@ test: install
 
 test-all: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Our posing against the smplx package (non-commercial licence, the `smpl` extra). It goes
+# into its own folder, not the venv, so the other tests keep running without it; its own
+# dependencies (torch, numpy) are the venv's.
+SMPL_EXTRA := build/smpl-extra
+test-smpl: install
+	$(PIP) install -q --no-deps --target $(SMPL_EXTRA) smplx==0.1.28
+	PYTHONPATH=$(SMPL_EXTRA) $(VENV)/bin/pytest -m smplx tests/model/test_body_smplx.py $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

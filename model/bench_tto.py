@@ -149,11 +149,11 @@ def reference_style_fit(
     loss = torch.zeros(())
     for step in range(steps + 1):
         pred = model(inputs.images, bbox_info)
-        pred_body = body.smplx_forward(pred.params)  # smplx's full mesh every step, as there
+        pred_body = body.reference_forward(pred.params)  # the full mesh every step, as there
         if step == 0:
             with torch.no_grad():
                 aux = f_u(inputs.images, bbox_info)
-                aux_body = body.smplx_forward(aux.params)
+                aux_body = body.reference_forward(aux.params)
             terms = loss_test_u(
                 pred, pred_body, inputs.keypoints, inputs.crop, config.loss_weights, aux, aux_body
             )
@@ -344,7 +344,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"1024, body model `{report['body_model']}`. Head scope adapts the `{subset}` "
         "subset of the head (features from ONNX, fixed); other subset: "
         + ", ".join(other)
-        + ". Reference-style = deep copy + all parameters + full-mesh smplx body (pose blend shapes included) every step. "
+        + ". Reference-style = deep copy + all parameters + full-mesh body with pose blend shapes (`reference_forward`) every step. "
         "Head scope runs the fused engine (`model/head_tto.py`, hand-written steps, the "
         "same fit); the generic autograd path (`fused_head=False`) takes "
         + (", ".join(generic) or "?")

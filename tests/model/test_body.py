@@ -1,10 +1,9 @@
-"""The body model: the bundled open model through smplx and `BodyModel`, a user's SMPL file,
-the keypoint-only fast path, and what a T-pose and a bent elbow must look like."""
+"""The body model: the bundled open model and a user's SMPL file through `BodyModel` (posed
+by `model/lbs.py`, no smplx), the keypoint-only fast path, and what a T-pose and a bent elbow
+must look like. The comparisons with smplx itself are in test_body_smplx.py."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pickle
 import subprocess
@@ -39,22 +38,6 @@ def params_from_axis_angle(aa: torch.Tensor, betas: torch.Tensor | None = None) 
 
 def zero_params(b: int = 1) -> SMPLParams:
     return params_from_axis_angle(torch.zeros(b, 24, 3))
-
-
-def test_bundled_model_loads_through_smplx_directly():
-    import smplx
-    from smplx.utils import Struct
-
-    with np.load(BUNDLED_MODEL) as data:
-        arrays = {k: data[k] for k in data.files}
-    ids = dict(zip(arrays["extra_vertex_names"].tolist(), arrays["extra_vertex_ids"].tolist(), strict=True))
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = smplx.SMPL(model_path=str(BUNDLED_MODEL), data_struct=Struct(**arrays), vertex_ids=ids)
-    out = model()
-    v = arrays["v_template"].shape[0]
-    assert out.vertices.shape == (1, v, 3)
-    assert out.joints.shape == (1, 24 + 21, 3)
-    assert torch.allclose(out.vertices[0], torch.from_numpy(arrays["v_template"]), atol=1e-6)
 
 
 def test_bundled_model_arrays_have_smpl_shapes_and_valid_weights():
@@ -128,7 +111,7 @@ def test_bending_the_left_elbow_moves_only_the_left_forearm_and_hand(body):
     rest = body(zero_params()).vertices[0]
     bent = body(params_from_axis_angle(aa)).vertices[0]
     moved = (bent - rest).norm(dim=-1) > 1e-4
-    weights = body.smpl.lbs_weights
+    weights = body.lbs_weights
     lower_left_arm = [SMPL[n] for n in ("left_elbow", "left_wrist", "left_hand")]
     on_arm = weights[:, lower_left_arm].sum(dim=1) > 1e-6
     assert moved.sum() > 100
@@ -139,7 +122,7 @@ def test_bending_the_left_elbow_moves_only_the_left_forearm_and_hand(body):
 
 def test_bone_lengths_do_not_change_with_pose(body):
     torch.manual_seed(0)
-    parents = body.smpl.parents.tolist()
+    parents = body.parents.tolist()
     betas = torch.randn(4, 10)
     rest = body(params_from_axis_angle(torch.zeros(4, 24, 3), betas)).joints
     posed = body(params_from_axis_angle(torch.randn(4, 24, 3) * 0.6, betas)).joints
@@ -269,14 +252,14 @@ def test_file_without_smpl_arrays_is_refused(tmp_path):
         BodyModel(path)
 
 
-def test_mesh_without_pose_correctives_equals_smplx_lbs(body):
-    """The open model skips its zero pose blend shapes; smplx's own forward must agree."""
+def test_mesh_without_pose_correctives_equals_the_full_lbs(body):
+    """The open model skips its zero pose blend shapes; the full `lbs` must agree."""
     assert not body.has_pose_correctives
     torch.manual_seed(3)
     params = params_from_axis_angle(torch.randn(3, 24, 3) * 0.5, torch.randn(3, 10))
     transl = torch.randn(3, 3)
     ours = body(params, transl)
-    ref = body.smplx_forward(params, transl)
+    ref = body.reference_forward(params, transl)
     for name in ("vertices", "joints", "coco17", "openpose25"):
         assert float((getattr(ours, name) - getattr(ref, name)).abs().max()) <= 1e-5, name
 
@@ -295,17 +278,47 @@ def test_a_model_with_pose_correctives_uses_them(tmp_path, smpl_arrays):
     assert float((full.vertices - plain.vertices).abs().max()) > 1e-4  # the correctives act
 
 
-def test_level_wise_forward_kinematics_equals_smplx_batch_rigid_transform(body):
-    from smplx.lbs import batch_rigid_transform
+def test_a_model_with_pose_correctives_equals_the_full_lbs(tmp_path, smpl_arrays):
+    """A real SMPL file's path (pose blend shapes on) against `lbs.lbs` with every array
+    taken straight from the file: mesh and keypoints."""
+    arrays = dict(smpl_arrays)
+    rng = np.random.default_rng(1)
+    arrays["posedirs"] = (rng.standard_normal(arrays["posedirs"].shape) * 1e-3).astype(np.float32)
+    np.savez(tmp_path / "corrective.npz", **arrays)
+    model = BodyModel(tmp_path / "corrective.npz")
+    torch.manual_seed(5)
+    params = params_from_axis_angle(torch.randn(3, 24, 3) * 0.5, torch.randn(3, 10))
+    transl = torch.randn(3, 3)
+    ours, ref = model(params, transl), model.reference_forward(params, transl)
+    for name in ("vertices", "joints", "coco17", "openpose25"):
+        assert float((getattr(ours, name) - getattr(ref, name)).abs().max()) <= 1e-5, name
+    fast = model.keypoints_only(params, transl)
+    assert float((fast.openpose25 - ref.openpose25).abs().max()) <= 1e-5
 
-    torch.manual_seed(4)
-    rot = params_from_axis_angle(torch.randn(4, 24, 3) * 0.7).rotmats()
-    joints = body.rest_joints(torch.randn(4, 10))
-    ref_joints, ref = batch_rigid_transform(rot, joints, body.smpl.parents)
-    posed, world_r, skin_t = body._forward_kinematics(rot, joints)
-    perm = body._fk_perm  # the transforms come in level order
-    assert float((posed - ref_joints).abs().max()) <= 1e-6
-    assert float((world_r - ref[:, perm, :3, :3]).abs().max()) <= 1e-6
-    assert float((skin_t - ref[:, perm, :3, 3]).abs().max()) <= 1e-6
-    assert len(body._fk_levels) == 9  # SMPL's tree: root ... hand, nine levels
-    assert sorted(perm.tolist()) == list(range(24)) and perm[0] == 0
+
+def test_files_without_their_own_keypoint_vertices_use_the_smpl_meshs(tmp_path, smpl_arrays):
+    np.savez(tmp_path / "smpl.npz", **smpl_arrays)
+    model = BodyModel(tmp_path / "smpl.npz")
+    ids = dict(zip(body_module.EXTRA_JOINTS, model.kp_vertex_ids.tolist(), strict=True))
+    assert ids == body_module.SMPL_EXTRA_VERTEX_IDS
+    assert ids["nose"] == 332 and ids["LHeel"] == 3387 and ids["RBigToe"] == 6617
+
+
+def test_a_small_mesh_without_keypoint_vertices_is_refused(tmp_path, smpl_arrays):
+    small = {k: v for k, v in smpl_arrays.items()}
+    keep = 6000  # fewer vertices than the real SMPL mesh's keypoint ids reach
+    small["v_template"], small["shapedirs"] = small["v_template"][:keep], small["shapedirs"][:keep]
+    small["posedirs"], small["weights"] = small["posedirs"][:keep], small["weights"][:keep]
+    small["J_regressor"] = small["J_regressor"][:, :keep]
+    small["f"] = small["f"][(small["f"] < keep).all(axis=1)]
+    np.savez(tmp_path / "small.npz", **small)
+    with pytest.raises(BodyModelError, match="extra_vertex_ids"):
+        BodyModel(tmp_path / "small.npz")
+
+
+def test_the_body_model_moves_with_to(body):
+    moved = BodyModel().to(torch.float64)
+    params = params_from_axis_angle(torch.randn(2, 24, 3) * 0.5)
+    out = moved(params)
+    assert out.vertices.dtype == torch.float64 and moved.tree.order.dtype == torch.long
+    assert float((out.vertices.float() - body(params).vertices).abs().max()) <= 1e-5
