@@ -24,7 +24,8 @@ _RESNET_LAYERS = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
 # The frozen BlazePose landmark network as the backbone: it runs outside PyTorch (LiteRT, in
-# the worker and in `training.features`), so the regressor's "backbone" is its output vector.
+# the worker and in `training.features`); the regressor's "backbone" is an encoder over its
+# output vector (`LandmarkEncoder`).
 LANDMARK_BACKBONES = ("blazepose-lite", "blazepose-full", "blazepose-heavy")
 BACKBONE_NAMES = (*_RESNET_LAYERS, *LANDMARK_BACKBONES, "timm:<model name>")
 
@@ -195,38 +196,48 @@ class TimmBackbone(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
-class LandmarkInput(nn.Module):
-    """The "backbone" of a BlazePose regressor: BlazePose's per-person output vector
-    (`model.blazepose.head_features`, (B, FEATURE_DIM)) passed through, with Gaussian noise
-    of std `noise` while training (BlazePose misses by a few percent of the box on real
-    photos; the head must not trust its input more than that). Identity in eval mode."""
+class LandmarkEncoder(nn.Module):
+    """The trainable "backbone" of a BlazePose regressor: an MLP over BlazePose's per-person
+    output vector (`model.blazepose.head_features`, (B, FEATURE_DIM)) -> (B, width) features.
+
+    HMR's head is linear from its features to the pose (no nonlinearity between its fc
+    layers: an image backbone supplies that), so landmarks need an encoder of their own. It
+    runs once per person like an image backbone (ONNX in the worker); the TTO's "head" scope
+    adapts the head over its output. While training, Gaussian noise of std `noise` is added
+    to the input: BlazePose misses by a few percent of the box on real photos.
+    """
 
     stride = 1
 
-    def __init__(self, dim: int, noise: float = 0.0) -> None:
+    def __init__(self, dim_in: int, width: int = 512, noise: float = 0.0) -> None:
         super().__init__()
-        self.out_channels = dim
+        self.out_channels = width
         self.noise = noise
+        self.net = nn.Sequential(
+            nn.Linear(dim_in, width), nn.ReLU(inplace=True), nn.Linear(width, width),
+            nn.ReLU(inplace=True),
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, dim) -> (B, dim)."""
+        """x: (B, dim_in) -> (B, width)."""
         if self.training and self.noise > 0:
-            return x + self.noise * torch.randn_like(x)
-        return x
+            x = x + self.noise * torch.randn_like(x)
+        return self.net(x)
 
 
 def build_backbone(
     name: str, width: float = 1.0, input_noise: float = 0.0
-) -> ResNet | TimmBackbone | LandmarkInput:
+) -> ResNet | TimmBackbone | LandmarkEncoder:
     """The backbone called `name` (see BACKBONE_NAMES), randomly initialised.
 
     width: channel multiplier for the in-house ResNets (must be 1.0 for timm models).
-    input_noise: training-time noise std of a BlazePose backbone's input vector.
+    input_noise: training-time noise std of a BlazePose encoder's input vector; width
+        scales its 512 channels.
     """
     if is_landmark_backbone(name):
         from model.blazepose import FEATURE_DIM
 
-        return LandmarkInput(FEATURE_DIM, input_noise)
+        return LandmarkEncoder(FEATURE_DIM, _channels(512, width), input_noise)
     if name in _RESNET_LAYERS:
         if not (math.isfinite(width) and width > 0):
             raise ValueError(f"width must be a positive number, got {width}")

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from model.backbones import IMAGENET_MEAN, IMAGENET_STD, is_landmark_backbone
+from model.blazepose import FEATURE_DIM
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import to_dict
 from model.keypoint_detector import COCO17_FLIP_PERM, KeypointDetector
@@ -96,17 +97,17 @@ def graph_specs(ckpt: Checkpoint) -> list[GraphSpec]:
         if model is None:
             continue
         feat = model.feature_dim
-        # A BlazePose regressor's backbone runs in LiteRT in the worker (model.blazepose);
-        # only its heads are ONNX graphs.
-        if not is_landmark_backbone(model.config.backbone.name):
-            specs.append(
-                GraphSpec(
-                    f"{net}_backbone",
-                    _BackboneGraph(model).eval(),
-                    {"image": image},
-                    {"features": (BATCH, feat)},
-                )
+        # A BlazePose regressor's backbone graph is its encoder over BlazePose's output
+        # vector (BlazePose itself runs in LiteRT in the worker, model.blazepose).
+        landmarks = is_landmark_backbone(model.config.backbone.name)
+        specs.append(
+            GraphSpec(
+                f"{net}_backbone",
+                _BackboneGraph(model).eval(),
+                {"blazepose": torch.zeros(2, FEATURE_DIM)} if landmarks else {"image": image},
+                {"features": (BATCH, feat)},
             )
+        )
         specs.append(
             GraphSpec(
                 f"{net}_head",
@@ -196,7 +197,7 @@ def build_manifest(
     name = ckpt.regressor_config.backbone.name
     if is_landmark_backbone(name):
         from model.backbones import landmark_variant
-        from model.blazepose import FEATURE_DIM, WHEEL_PACKAGE, WHEEL_VERSION
+        from model.blazepose import WHEEL_PACKAGE, WHEEL_VERSION
 
         manifest["blazepose"] = {
             "variant": landmark_variant(name), "feature_dim": FEATURE_DIM,

@@ -109,15 +109,14 @@ class RealPredictor:
         kp = coco17_keypoints(lm) if keypoints is None else keypoints
         start = time.perf_counter()
         if is_landmark_backbone(m.f_w.config.backbone.name):
-            feats = torch.from_numpy(head_features(lm, center, size))
-            images = feats
+            images = torch.from_numpy(head_features(lm, center, size))
         else:
             from training.batches import network_input
 
             cuts = np.stack([crop_image(image, c, float(s), crop_hw)[0] for c, s in zip(center, size, strict=True)])
             images = network_input(torch.from_numpy(cuts).permute(0, 3, 1, 2).float() / 255.0, crop_hw)
-            with torch.no_grad():
-                feats = m.f_w.backbone(images)
+        with torch.no_grad():
+            feats = m.f_w.backbone(images)
         pred = self._fit(images, feats, crop, torch.from_numpy(kp))
         self.seconds += time.perf_counter() - start
         from model.losses import project_points

@@ -1,6 +1,6 @@
 """Cached BlazePose outputs: the frozen backbone run once per synthetic person and view.
 
-A BlazePose regressor's backbone (`model.backbones.LandmarkInput`) reads BlazePose's output
+A BlazePose regressor's backbone (`model.backbones.LandmarkEncoder`) reads BlazePose's output
 vector, which never changes while the heads train, so `cache_features` computes it once for
 each person of a data set, for `views` augmented views (flip, box shift and scale, drawn
 from (seed, view, index)), exactly as the worker does at serving time: an upright ROI around

@@ -8,9 +8,10 @@ Per request:
    LiteRT); each person's 2D keypoints from the request (coco17 / openpose25 / mediapipe33,
    mapped to COCO-17), else BlazePose's (source "blazepose"), else the export's heatmap
    detector (older models, when BlazePose is not installed), else none (no TTO).
-2. **regress**: f_w's backbone (BlazePose's output vector for a BlazePose model, else the
-   ONNX image backbone), its ONNX head -> initial SMPL + crop camera, and f_u the same
-   (pseudo-SMPL for step 0's agreement terms).
+2. **regress**: f_w's ONNX backbone (for a BlazePose model its encoder over BlazePose's
+   output vector, `model.blazepose.head_features`; else the image backbone over the crop),
+   its ONNX head -> initial SMPL + crop camera, and f_u the same (pseudo-SMPL for step 0's
+   agreement terms).
 3. **fit**: `model.tto.fit` of f_w in PyTorch, in the checkpoint's scope, from the ONNX
    features; one progress call per TTO step.
 4. **render** (on request): the posed meshes as mesh.obj / mesh.glb (camera frame, y up) and
@@ -471,12 +472,15 @@ class OnnxPipeline:
         if self.model.blazepose_variant is not None:
             from model.blazepose import head_features
 
-            # BlazePose's outputs are both networks' features (one frozen backbone).
+            # BlazePose's output vector goes through each network's own encoder graph.
             crop = crops.crop
-            features = head_features(
+            vector = head_features(
                 _cat_landmarks(landmarks), crop.center.numpy(), crop.box_size.numpy()
             )
-            aux_features = features
+            features = g["f_w_backbone"](blazepose=vector)["features"]
+            aux_features = (
+                g["f_u_backbone"](blazepose=vector)["features"] if self.model.has_aux else None
+            )
         else:
             x = normalize_crops(crops.images)
             features = g["f_w_backbone"](image=x)["features"]

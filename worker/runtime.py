@@ -32,12 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = REPO_ROOT / "model" / "assets" / "default" / "model.pt"
 REQUIRED_GRAPHS = ("f_w_backbone", "f_w_head")
 OPTIONAL_GRAPHS = ("f_u_backbone", "f_u_head", "detector")
-# A BlazePose model's backbone runs in LiteRT (model.blazepose): it exports only heads.
-REQUIRED_LANDMARK_GRAPHS = ("f_w_head",)
-
-
-def required_graphs(manifest: dict) -> tuple[str, ...]:
-    return REQUIRED_LANDMARK_GRAPHS if "blazepose" in manifest else REQUIRED_GRAPHS
 PARITY_BAR = 1e-4
 
 NO_MODEL = (
@@ -139,7 +133,7 @@ def check_model_dir(directory: Path) -> str | None:
     except (OSError, ValueError) as exc:
         return f"METAHMR_MODEL_DIR={directory}: {exc}"
     graphs = manifest.get("graphs", {})
-    missing = [g for g in required_graphs(manifest) if g not in graphs]
+    missing = [g for g in REQUIRED_GRAPHS if g not in graphs]
     missing += [
         spec["file"] for spec in graphs.values() if not (directory / spec["file"]).is_file()
     ]
@@ -229,8 +223,7 @@ class LoadedModel:
 
     @property
     def has_aux(self) -> bool:
-        backbone = "f_u_backbone" in self.graphs or self.blazepose_variant is not None
-        return backbone and "f_u_head" in self.graphs
+        return "f_u_backbone" in self.graphs and "f_u_head" in self.graphs
 
     @property
     def blazepose_variant(self) -> str | None:

@@ -406,3 +406,23 @@ def _iou(a: list[float], b: list[float]) -> float:
     inter = float(np.prod(np.clip(hi - lo, 0, None)))
     area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
     return inter / (area(a) + area(b) - inter)
+
+
+def test_a_blazepose_model_reads_the_landmarks_of_each_person(
+    tmp_path: Path, body: BodyModel, person
+) -> None:  # type: ignore[no-untyped-def]
+    config = RegressorConfig(BackboneConfig("blazepose-full", 0.25), hidden=32)
+    ckpt = random_checkpoint(config, tto=FAST, body_model_id=body.id, with_detector=False)
+    export_checkpoint(ckpt, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["blazepose"]["variant"] == "full"
+    assert manifest["graphs"]["f_w_backbone"]["inputs"][0]["name"] == "blazepose"
+    bp_pipeline = build_pipeline(_settings(tmp_path, blazepose="off"))  # its variant wins
+    assert bp_pipeline.blazepose is not None
+    box = [float(v) for v in person["bbox"]]
+    out, _ = _run(bp_pipeline, person, {"people": [{"bbox": box}, {"bbox": box}],
+                                        "tto": {"steps": 2}})  # fmt: skip
+    a, b = out.result["people"]
+    assert a["keypoint_source"] == "blazepose" and a["fit"]["steps_run"] >= 1
+    assert a["initial"] == b["initial"]  # the same box: the same landmarks and regression
+    assert all(np.isfinite(a["smpl"]["body_pose"]))
