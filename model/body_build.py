@@ -414,8 +414,8 @@ edit by hand.
   tongue). The generated arrays are released under the project's Apache-2.0 licence.
 - **Format**: SMPL's arrays (`v_template`, `f`, dense `J_regressor` (24, V), `weights` (V, 24),
   `kintree_table`, `shapedirs` (V, 3, {config.num_betas}), `posedirs` (V, 3, 207)) plus
-  `extra_vertex_names` / `extra_vertex_ids`, the vertices smplx reads its extra keypoints
-  from (nose, eyes, ears, toes, heels, fingertips). Loads through `smplx.SMPL` like the real
+  `extra_vertex_names` / `extra_vertex_ids`, the vertices the extra keypoints are read
+  from (nose, eyes, ears, toes, heels, fingertips). Loaded and posed by our own code (`model/lbs.py`) like a real SMPL
   file (`model/body.py`).
 - **Size**: {report.vertices} vertices, {report.faces} triangles, 24 joints (SMPL's tree),
   {config.num_betas} betas.
