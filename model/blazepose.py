@@ -14,12 +14,12 @@ The maths of MediaPipe's graph is written out here, not copied from it:
    weighted non-maximum suppression. Each detection gives a rotated square region of
    interest (`Roi`) around the whole body.
 2. **landmarks** (`BlazePose.landmarks`): each ROI warped to a 256x256 crop in [0, 1]; the
-   network returns 39 landmarks (33 MediaPipe Pose points + 2 used here for a refined ROI
-   + 4 unused) as (x, y, z, visibility, presence), a presence score, heatmaps and 39 world
+   network returns 39 landmarks (the 33 MediaPipe Pose points + 6 auxiliary ones, unused
+   here) as (x, y, z, visibility, presence), a presence score, heatmaps and 39 world
    landmarks (metres, hip-centred, in the ROI's frame). x, y are refined on the heatmap and
    mapped back to full-image pixels; world landmarks are turned back by the ROI's angle.
-   `refine=True` runs the network a second time on the ROI its own auxiliary points give
-   (what MediaPipe does between video frames): better aligned crops, better landmarks.
+   (MediaPipe's second pass, on the ROI the auxiliary points give, was measured no better
+   on ../shared/realdata from box ROIs, 0.047 vs 0.042 of the box height, so there is none.)
 
 Everything takes and returns numpy arrays; shapes are given per function.
 """
@@ -39,14 +39,12 @@ import numpy as np
 VARIANTS = ("lite", "full", "heavy")
 NUM_LANDMARKS = 33  # MediaPipe Pose's own points; the network emits 39
 _RAW_LANDMARKS = 39
-_AUX_CENTER, _AUX_SCALE = 33, 34  # the auxiliary points that define the next ROI
 DETECTOR_INPUT = 224
 LANDMARK_INPUT = 256
 HEATMAP_SIZE = 64
-# The ROI margins BlazePose was trained with: its detection rectangle and its landmark-based
-# rectangle are widened by these factors and made square on the longer side.
+# The ROI margin BlazePose was trained with: its detection rectangle is widened by this
+# factor and made square on the longer side.
 DETECTION_ROI_SCALE = 1.25
-LANDMARK_ROI_SCALE = 1.25
 BOX_ROI_SCALE = 1.25  # an app's (or data set's) box: an upright square 1.25x its longer side
 DETECTION_SCORE = 0.5
 NMS_IOU = 0.3
@@ -373,14 +371,12 @@ class Landmarks:
     """BlazePose's outputs for B ROIs.
 
     image: (B, 33, 3) x, y in full-image pixels and z (same scale as x, relative to the hips).
-    crop: (B, 33, 3) x, y, z in the ROI crop, normalised to [0, 1] of its side.
     visibility, presence: (B, 33) in [0, 1]. world: (B, 33, 3) metres, hip-centred, in the
     camera's orientation (x right, y down, z away from the camera). score: (B,) pose
     presence. roi: the ROIs the network read.
     """
 
     image: np.ndarray
-    crop: np.ndarray
     visibility: np.ndarray
     presence: np.ndarray
     world: np.ndarray
@@ -390,7 +386,7 @@ class Landmarks:
     def select(self, index: Sequence[int] | np.ndarray) -> Landmarks:
         idx = np.asarray(index, dtype=np.int64)
         return Landmarks(
-            self.image[idx], self.crop[idx], self.visibility[idx], self.presence[idx],
+            self.image[idx], self.visibility[idx], self.presence[idx],
             self.world[idx], self.score[idx], self.roi.select(idx),
         )  # fmt: skip
 
@@ -474,34 +470,15 @@ class BlazePose:
 
     # -- landmarks -----------------------------------------------------------------------------
 
-    def landmarks(
-        self, image: np.ndarray, roi: Roi, refine: bool = True, passes: int = 2
-    ) -> Landmarks:
-        """Landmarks of the people in `roi` (B ROIs) of image (H, W, 3) uint8 RGB.
-
-        refine: run again on the ROI the first pass's auxiliary points give, as MediaPipe does
-        from one video frame to the next (when the first pass found a person).
-        """
-        first = self._run(image, roi)
-        if not refine or len(roi) == 0:
-            return first.out
-        center, scale_pt = first.aux_points
-        better = roi_from_points(center, scale_pt, LANDMARK_ROI_SCALE)
-        ok = (first.out.score >= PRESENCE_THRESHOLD) & (better.size > 1.0)
-        if not ok.any():
-            return first.out
-        second = self._run(image, better.select(np.flatnonzero(ok)))
-        return _merge(first.out, second.out, ok)
-
-    def _run(self, image: np.ndarray, roi: Roi) -> _Pass:
-        affines = roi.affine(LANDMARK_INPUT)
-        crops = warp(image, affines, LANDMARK_INPUT)
+    def landmarks(self, image: np.ndarray, roi: Roi) -> Landmarks:
+        """Landmarks of the people in `roi` (B ROIs) of image (H, W, 3) uint8 RGB."""
+        crops = warp(image, roi.affine(LANDMARK_INPUT), LANDMARK_INPUT)
         b = len(roi)
         raw = np.zeros((b, _RAW_LANDMARKS, 5))
         world = np.zeros((b, _RAW_LANDMARKS, 3))
         score = np.zeros(b)
         lm = self._landmark
-        for i in range(b):
+        for i in range(b):  # the .tflite graph has a fixed batch of one
             lm.set_tensor(lm.get_input_details()[0]["index"], crops[i : i + 1])
             lm.invoke()
             got = {k: lm.get_tensor(idx)[0] for k, idx in self._lm_out.items()}
@@ -511,20 +488,15 @@ class BlazePose:
             raw[i] = r
             world[i] = got["world"].reshape(_RAW_LANDMARKS, 3)
             score[i] = float(got["score"].reshape(-1)[0])
-        return _Pass(_to_landmarks(raw, world, score, roi), raw, roi)
+        return _to_landmarks(raw, world, score, roi)
 
-
-@dataclass(frozen=True)
-class _Pass:
-    out: Landmarks
-    raw: np.ndarray  # (B, 39, 5) crop-normalised
-    roi: Roi
-
-    @property
-    def aux_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """The auxiliary body centre and scale point, (B, 2) each, full-image pixels."""
-        pts = _crop_to_image(self.raw[:, [_AUX_CENTER, _AUX_SCALE], :2], self.roi)
-        return pts[:, 0], pts[:, 1]
+    def find_people(self, image: np.ndarray, max_people: int) -> Landmarks:
+        """Everyone the detector finds in image (H, W, 3), best first (at most `max_people`),
+        with their landmarks; people whose pose presence is below PRESENCE_THRESHOLD are
+        dropped. Box them with `landmark_boxes`."""
+        found = self.detect_people(image)
+        lm = self.landmarks(image, found.roi.select(range(min(len(found.roi), max_people))))
+        return lm.select(np.flatnonzero(lm.score >= PRESENCE_THRESHOLD))
 
 
 def _outputs_by_shape(interp: object) -> dict[str, int]:
@@ -567,28 +539,12 @@ def _to_landmarks(raw: np.ndarray, world: np.ndarray, score: np.ndarray, roi: Ro
     wy = s * w[..., 0] + c * w[..., 1]
     return Landmarks(
         image=np.concatenate([xy, z], axis=-1),
-        crop=raw[:, :n, :3].copy(),
         visibility=_sigmoid(raw[:, :n, 3]),
         presence=_sigmoid(raw[:, :n, 4]),
         world=np.stack([wx, wy, w[..., 2]], axis=-1),
         score=score,
         roi=roi,
     )
-
-
-def _merge(first: Landmarks, second: Landmarks, ok: np.ndarray) -> Landmarks:
-    """first's people with the rows `ok` replaced by second's (in order)."""
-    idx = np.flatnonzero(ok)
-    fields = {}
-    for name in ("image", "crop", "visibility", "presence", "world", "score"):
-        a = getattr(first, name).copy()
-        a[idx] = getattr(second, name)
-        fields[name] = a
-    roi = Roi(first.roi.center.copy(), first.roi.size.copy(), first.roi.angle.copy())
-    roi.center[idx], roi.size[idx], roi.angle[idx] = (
-        second.roi.center, second.roi.size, second.roi.angle,
-    )  # fmt: skip
-    return Landmarks(**fields, roi=roi)
 
 
 def _roi_boxes(roi: Roi, image_hw: tuple[int, int]) -> np.ndarray:
@@ -648,8 +604,8 @@ def concat_landmarks(parts: Sequence[Landmarks]) -> Landmarks:
     """Landmarks of several batches as one, in order."""
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
     roi = Roi(*(np.concatenate([getattr(p.roi, n) for p in parts]) for n in ("center", "size", "angle")))
-    return Landmarks(cat("image"), cat("crop"), cat("visibility"), cat("presence"), cat("world"),
-                     cat("score"), roi)  # fmt: skip
+    return Landmarks(cat("image"), cat("visibility"), cat("presence"), cat("world"), cat("score"),
+                     roi)  # fmt: skip
 
 
 # The landmarks stop at the ankles' heels and the face; the body reaches a little beyond.

@@ -21,6 +21,7 @@ import torch
 
 from model.backbones import is_landmark_backbone
 from model.body import BodyModel
+from model.keypoints import get_format
 from model.outputs import CropInfo, RegressorOutput
 from training.realdata import (
     LIMB_JOINTS,
@@ -35,14 +36,9 @@ from training.realdata import (
 
 log = logging.getLogger(__name__)
 
-BOX_RESCALE = 1.2  # the worker's CLIFF margin around a person's box
 REAL_STEPS = 14
-_COCO = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-LIMB_INDEX = tuple(_COCO.index(n) for n in LIMB_JOINTS)  # COCO-17 rows of the limb joints
+MAX_PEOPLE = 16  # as the worker: people the detector may return for one image
+LIMB_INDEX = tuple(get_format("coco17").index(n) for n in LIMB_JOINTS)  # COCO-17 rows
 
 
 def labelled_keypoints(people: list[RealPerson]) -> np.ndarray:
@@ -77,14 +73,10 @@ class RealPredictor:
         return self._predict(self._image(item), boxes, keypoints, None)
 
     def without_boxes(self, item: RealImage) -> list[PersonPrediction]:
-        from model.blazepose import PRESENCE_THRESHOLD, landmark_boxes
+        from model.blazepose import landmark_boxes
 
         image = self._image(item)
-        found = self.bp.detect_people(image)
-        if len(found.scores) == 0:
-            return []
-        lm = self.bp.landmarks(image, found.roi, refine=False)
-        lm = lm.select(np.flatnonzero(lm.score >= PRESENCE_THRESHOLD))
+        lm = self.bp.find_people(image, MAX_PEOPLE)
         if len(lm.score) == 0:
             return []
         return self._predict(image, landmark_boxes(lm, image.shape[:2]), None, lm)
@@ -97,7 +89,7 @@ class RealPredictor:
 
         m = self.method
         crop_hw = m.f_w.config.crop_hw
-        center, size = box_from_xyxy(boxes, BOX_RESCALE, crop_hw)
+        center, size = box_from_xyxy(boxes, out_hw=crop_hw)  # CLIFF's 1.2 margin, as the worker
         h, w = image.shape[:2]
         b = len(boxes)
         crop = CropInfo.from_boxes(
@@ -105,7 +97,7 @@ class RealPredictor:
             torch.tensor([[h, w]], dtype=torch.float32).repeat(b, 1), crop_hw=crop_hw,
         )  # fmt: skip
         if lm is None:
-            lm = self.bp.landmarks(image, roi_from_cliff_boxes(center, size), refine=False)
+            lm = self.bp.landmarks(image, roi_from_cliff_boxes(center, size))
         kp = coco17_keypoints(lm) if keypoints is None else keypoints
         start = time.perf_counter()
         if is_landmark_backbone(m.f_w.config.backbone.name):

@@ -133,7 +133,7 @@ def _cache_shard(args: tuple[Any, ...]) -> str:
             params = replace(params, flip=False, shift=(0.0, 0.0), scale=1.0)
         crop, person = augment_and_crop(rng, person, params)
         roi = roi_from_cliff_boxes(person.center[None], np.array([person.box_size]))
-        lm = bp.landmarks(person.image, roi, refine=False)
+        lm = bp.landmarks(person.image, roi)
         sample = to_sample(crop, person, index)
         feats = head_features(lm, person.center[None], np.array([person.box_size]))[0]
         for f in fields(HMRSample):

@@ -256,11 +256,16 @@ class OnnxPipeline:
         with _timed(timings, "detect"):
             people, landmarks = self._people(image, options.get("people") or [])
             crops = self._crops(image, people, focal)
-            if landmarks is None and self.blazepose is not None:
+            # BlazePose reads the boxes only when something uses what it sees: a BlazePose
+            # model's features, or a person without keypoints.
+            needed = self.model.blazepose_variant is not None or any(
+                p.keypoints is None for p in people
+            )
+            if landmarks is None and self.blazepose is not None and needed:
                 from model.blazepose import roi_from_cliff_boxes
 
                 roi = roi_from_cliff_boxes(crops.crop.center.numpy(), crops.crop.box_size.numpy())
-                landmarks = self.blazepose.landmarks(image, roi, refine=False)
+                landmarks = self.blazepose.landmarks(image, roi)
             keypoints, sources = self._keypoints(image, people, crops, focal, landmarks)
         progress("detect", 1, 1)
         return _Request(
@@ -398,12 +403,9 @@ class OnnxPipeline:
         height, width = image.shape[:2]
         if people_in or self.blazepose is None:
             return parse_people(people_in, width, height), None
-        from model.blazepose import PRESENCE_THRESHOLD, landmark_boxes
+        from model.blazepose import landmark_boxes
 
-        found = self.blazepose.detect_people(image)
-        lm = self.blazepose.landmarks(image, found.roi.select(range(min(len(found.roi), MAX_PEOPLE))),
-                                      refine=False)  # fmt: skip
-        lm = lm.select(np.flatnonzero(lm.score >= PRESENCE_THRESHOLD))
+        lm = self.blazepose.find_people(image, MAX_PEOPLE)
         if len(lm.score) == 0:
             return parse_people([], width, height), None
         return [Person(box, None) for box in landmark_boxes(lm, (height, width))], lm
