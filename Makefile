@@ -49,7 +49,7 @@ test-smpl: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy model training service worker
+	$(VENV)/bin/mypy model training service worker bench cli.py
 
 serve: install
 	$(VENV)/bin/metahmr serve

@@ -1,5 +1,6 @@
 # The API image: FastAPI + Redis client + Celery (to publish tasks). No torch, no model code:
-# only the `service` package is copied, and the base install has no heavy extras.
+# only the `service` package and the `metahmr` command (cli.py, which skips the packages an
+# install lacks) are copied, and the base install has no heavy extras.
 # Build from the repository root: docker build -f docker/api.Dockerfile .
 FROM python:3.11-slim
 
@@ -9,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md cli.py ./
 COPY service ./service
 # The package's base dependencies only (the same `pip install .` as the README's slim path).
 RUN python -m pip install --upgrade pip && python -m pip install .

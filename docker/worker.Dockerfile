@@ -30,7 +30,8 @@ WORKDIR /app
 # build (set PIP_INDEX_URL at build time to pick another CUDA variant).
 RUN python -m pip install --upgrade pip && python -m pip install torch==${TORCH_VERSION}
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md cli.py ./
+COPY bench ./bench
 COPY service ./service
 COPY worker ./worker
 COPY model ./model

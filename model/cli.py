@@ -2,7 +2,6 @@
 
 - ``metahmr export --checkpoint CKPT --out DIR``: ONNX graphs + manifest for the worker.
 - ``metahmr pack --model CKPT [--detector-from CKPT] [--half] --out PT``: a checkpoint to ship.
-- ``metahmr bench tto --json OUT``: the TTO benchmark (docs/benchmarks.md section).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
+    del groups  # no shared groups (the benchmarks live in bench/)
     export = sub.add_parser(
         "export",
         help="export a checkpoint to ONNX graphs + manifest.json for the worker",
@@ -43,25 +43,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     pack.add_argument("--half", action="store_true", help="store weights as float16")
     pack.add_argument("--out", required=True, type=Path)
     pack.set_defaults(func=_pack)
-
-    bench = groups["bench"].add_parser(
-        "tto",
-        help="TTO latency: ONNX forward, head/full TTO, reference-style loop, batching",
-        description="Benchmark the test-time optimisation per person on this machine and "
-        "write the 'TTO' section of docs/benchmarks.md.",
-    )
-    bench.add_argument("--json", type=Path, help="also write the results as JSON here")
-    bench.add_argument(
-        "--backbones", default="resnet18,resnet50", help="comma-separated backbone names"
-    )
-    bench.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    bench.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument(
-        "--doc", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update"
-    )
-    bench.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
-    bench.set_defaults(func=_bench_tto)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -103,8 +84,3 @@ def _pack(args: argparse.Namespace) -> int:
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return 0
 
-
-def _bench_tto(args: argparse.Namespace) -> int:
-    from model.bench_tto import run_from_args
-
-    return run_from_args(args)

@@ -1,4 +1,4 @@
-"""`metahmr` sub-commands owned by this package: `serve`, `recover` and `bench service`.
+"""`metahmr` sub-commands owned by this package: `serve` and `recover`.
 
 Parsers only at import; the handlers import what they need (uvicorn, httpx) when they run.
 """
@@ -18,6 +18,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
+    del groups  # `metahmr bench service` is registered by bench/
     serve = sub.add_parser("serve", help="run the API, workers and (embedded) Redis")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -38,32 +39,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     rec.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     rec.set_defaults(func=_recover)
 
-    bench = groups["bench"].add_parser(
-        "service",
-        help="end-to-end latency and throughput of the service vs the pipeline's compute",
-        description="Start the stack as `metahmr serve` does (1 worker), send the example "
-        "photo sequentially and from concurrent clients, and write the 'service' section "
-        "of docs/benchmarks.md.",
-    )
-    bench.add_argument("--requests", type=int, default=50, help="requests per mode")
-    bench.add_argument("--clients", type=int, default=8, help="client threads, concurrent mode")
-    bench.add_argument(
-        "--model-dir", type=Path, help="a `metahmr export` directory (default: shipped model)"
-    )
-    bench.add_argument("--pipeline", choices=("onnx", "echo"), default="onnx")
-    # Fixed, small: the client's default backoff would add up to half a job's time.
-    bench.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (ms)")
-    bench.add_argument("--json", type=Path, help="also write the results as JSON here")
-    bench.add_argument(
-        "--doc", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to update"
-    )
-    bench.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
-    bench.set_defaults(func=_bench_service)
-
 
 def _serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
-    from service.logs import configure_logging
+    from service.jobs import configure_logging
     from service.serve import LocalStack
 
     settings = get_settings()
@@ -72,12 +51,6 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("--workers must be at least 1")
         return 2
     return LocalStack(settings, host=args.host, port=args.port, workers=args.workers).run()
-
-
-def _bench_service(args: argparse.Namespace) -> int:
-    from service.bench_service import run_from_args
-
-    return run_from_args(args)
 
 
 def recover_options(args: argparse.Namespace) -> dict[str, Any]:

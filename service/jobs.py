@@ -16,15 +16,23 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 Status changes run as Lua scripts, so a check and its write are one atomic step: a job
 goes queued -> running -> succeeded | failed | canceled, running -> queued when its worker
 died (the reaper), and never leaves a final state.
+
+Job-scoped logging lives here too (end of the module), because the API and the workers both
+need it and the job store is what the worker may import from this package: JSON log lines
+that carry the id of the job being handled (`job_context`, `configure_logging`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
+import logging
+import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -624,3 +632,70 @@ def _record(job_id: str, raw: dict[str, str]) -> JobRecord:
         started_at=raw.get("started_at") or None,
         finished_at=raw.get("finished_at") or None,
     )
+
+
+# --- job-scoped logging -----------------------------------------------------------------------
+# The job id lives in a context variable: set it around the work for one job (`job_context`),
+# and every log record emitted meanwhile, in any module, carries it.
+
+current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "metahmr_job_id", default=None
+)
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+@contextlib.contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    token = current_job_id.set(job_id)
+    try:
+        yield
+    finally:
+        current_job_id.reset(token)
+
+
+class JobIdFilter(logging.Filter):
+    """Adds `job_id` to every record (None outside a job)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "job_id", None) is None:
+            record.job_id = current_job_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, job_id, extra fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        job_id = getattr(record, "job_id", None)
+        if job_id is not None:
+            entry["job_id"] = job_id
+        for key, value in vars(record).items():
+            if key not in _RESERVED and key != "job_id" and not key.startswith("_"):
+                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """Route the root logger to stderr, as JSON lines (or plain text for humans)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobIdFilter())
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(job_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -19,8 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
 from service.deps import ApiError, AppState
-from service.jobs import JobStore
-from service.logs import configure_logging
+from service.jobs import JobStore, configure_logging
 from service.metrics import ApiMetrics
 from service.queue import TaskQueue
 from service.routes import router

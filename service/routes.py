@@ -11,8 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import ApiError, CallerDep, RecoverDep, StateDep
-from service.jobs import FILE_MEDIA_TYPES, FILE_NAMES, JobRecord, JobStatus, is_job_id
-from service.logs import job_context
+from service.jobs import (
+    FILE_MEDIA_TYPES,
+    FILE_NAMES,
+    JobRecord,
+    JobStatus,
+    is_job_id,
+    job_context,
+)
 from service.schemas import ErrorBody, ErrorResponse, JobAccepted, JobView, Links, ProgressOut
 
 log = logging.getLogger(__name__)

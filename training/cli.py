@@ -2,23 +2,39 @@
 
 - `metahmr data synth`: render a synthetic split into a folder (sharded, resumable).
 - `metahmr data preview`: contact sheet of a data set with keypoints and the GT mesh.
-- `metahmr bench synth`: synthetic data throughput, written to docs/benchmarks.md.
 - `metahmr train pretrain|meta|keypoints`: the training stages (DDP under torchrun).
 - `metahmr eval`: the evaluation protocol; writes results.json/.md and the steps plot.
 - `metahmr tune`: a checkpoint's test-time learning rates, chosen on a validation split.
+
+Training writes no docs: `eval --model-card` and `tune` return the markdown sections they
+made (`DocSection`), and the top-level CLI (`cli.py`) writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "test", "shifted")
 
 
+@dataclass(frozen=True)
+class DocSection:
+    """A section `## {name}` with `body` for the markdown file at `path`, which starts with
+    `header` when it does not exist yet (None: the writer's default). A handler returns a
+    list of these instead of an exit status; the top-level CLI writes them and exits 0."""
+
+    path: Path
+    name: str
+    body: str
+    header: str | None = None
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
+    del groups  # `metahmr bench synth` is registered by bench/
     data = sub.add_parser("data", help="synthetic data: render splits, preview data sets")
     data_sub = data.add_subparsers(dest="data", metavar="WHAT", required=True)
 
@@ -54,14 +70,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--no-mesh", action="store_true", help="keypoints only")
     preview.set_defaults(func=_preview)
-
-    bench = groups["bench"].add_parser("synth", help="synthetic data throughput (images/s)")
-    bench.add_argument("--num", type=int, default=120, help="images to render")
-    bench.add_argument("--workers", type=int, default=2)
-    bench.add_argument("--split", choices=SPLITS, default="train")
-    bench.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"))
-    bench.add_argument("--no-doc", action="store_true", help="print only, leave the doc alone")
-    bench.set_defaults(func=_bench)
 
     _register_train(sub)
     _register_eval(sub)
@@ -105,12 +113,6 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from training.bench_synth import run_bench
-
-    return run_bench(args.num, args.workers, args.split, None if args.no_doc else args.doc)
-
-
 # --- training and evaluation ----------------------------------------------------------------
 
 SIZES = ("tiny", "cpu", "paper")
@@ -124,7 +126,7 @@ def _register_train(sub: Any) -> None:
     pre = stages.add_parser(
         "pretrain", help="supervised pre-training of f_w and f_u (L_train)",
         description="Pre-train f_w and an initial f_u with L_train. Multi-GPU: "
-        "torchrun --nproc_per_node N -m service.cli train pretrain ...",
+        "torchrun --nproc_per_node N -m cli train pretrain ...",
     )
     _data_args(pre)
     pre.add_argument("--size", choices=SIZES, default="cpu",
@@ -359,7 +361,7 @@ def _register_eval(sub: Any) -> None:
     ev.set_defaults(func=_eval)
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace) -> int | list[DocSection]:
     import torch
 
     from training.config import EvalConfig
@@ -389,11 +391,9 @@ def _eval(args: argparse.Namespace) -> int:
     for path in write_report(result, config.out_dir, config.table_steps):
         logging.getLogger("metahmr.eval").info("wrote %s", path)
     if args.model_card is not None:
-        from service.benchdoc import write_section
         from training.evaluate import card_metrics
 
-        write_section(args.model_card, "Metrics", card_metrics(result, config.table_steps))
-        logging.getLogger("metahmr.eval").info("wrote the metrics of %s", args.model_card)
+        return [DocSection(args.model_card, "Metrics", card_metrics(result, config.table_steps))]
     return 0
 
 
@@ -440,10 +440,10 @@ def _register_tune(sub: Any) -> None:
     tune.set_defaults(func=_tune)
 
 
-def _tune(args: argparse.Namespace) -> int:
+def _tune(args: argparse.Namespace) -> int | list[DocSection]:
     import torch
 
-    from training.tune import TuneConfig, run_tune
+    from training.tune import REPORT_HEADER, TuneConfig, report_name, report_section, run_tune
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -457,5 +457,5 @@ def _tune(args: argparse.Namespace) -> int:
     except ValueError as exc:
         logging.getLogger("metahmr.tune").error("%s", exc)
         return 2
-    run_tune(config, None if args.out is None else str(args.out), args.report)
-    return 0
+    result = run_tune(config, None if args.out is None else str(args.out))
+    return [DocSection(args.report, report_name(config), report_section(config, result), REPORT_HEADER)]

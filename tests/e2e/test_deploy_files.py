@@ -55,8 +55,13 @@ def test_compose_builds_from_the_dockerfiles_here() -> None:
     ):
         assert services[name]["build"] == {"context": ".", "dockerfile": dockerfile}
         text = (REPO / dockerfile).read_text()
-        for source in re.findall(r"^COPY (\S+) ", text, re.M):
+        copied = [s for line in re.findall(r"^COPY (.+)$", text, re.M) for s in line.split()[:-1]]
+        sent = (REPO / f"{dockerfile}.dockerignore").read_text().split()
+        for source in copied:
             assert (REPO / source).exists(), f"{dockerfile} copies missing {source}"
+            assert {f"!{source}", f"!{source}/**"} & set(sent), f"{dockerfile}: {source} ignored"
+        # `pip install .` installs the `metahmr` command from cli.py (pyproject's py-modules).
+        assert "cli.py" in copied, dockerfile
 
 
 def test_api_image_is_slim() -> None:

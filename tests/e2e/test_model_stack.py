@@ -18,8 +18,8 @@ import trimesh
 from PIL import Image
 from result_checks import reprojection_px
 
+from cli import main as metahmr
 from model.body import load_body_model
-from service.cli import main as metahmr
 from service.client import JobFailed
 from worker.runtime import SHIPPED_CHECKPOINT
 
@@ -114,7 +114,7 @@ def test_serve_without_a_model_says_what_to_set(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     env |= {"METAHMR_LOG_JSON": "0", "METAHMR_CACHE_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(_free_port())],
+        [sys.executable, "-m", "cli", "serve", "--port", str(_free_port())],
         cwd=REPO, env=env, capture_output=True, timeout=90,
     )  # fmt: skip
     assert done.returncode == 1

@@ -41,7 +41,7 @@ def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> Non
     env |= {"METAHMR_PIPELINE": "echo", "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "1"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -57,7 +57,7 @@ def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> Non
         Image.new("RGB", (320, 240), (9, 99, 199)).save(tmp_path / "photo.png")
         out = tmp_path / "result.json"
         recover = subprocess.run(
-            [sys.executable, "-m", "service.cli", "recover", str(tmp_path / "photo.png"),
+            [sys.executable, "-m", "cli", "recover", str(tmp_path / "photo.png"),
              "--server", url, "--bbox", "10,20,110,220", "--steps", "3", "--out", str(out)],
             cwd=REPO, env=env, capture_output=True, timeout=60,
         )  # fmt: skip
@@ -80,7 +80,7 @@ def test_recover_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
     port = _free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "recover", str(tmp_path / "photo.png"),
+        [sys.executable, "-m", "cli", "recover", str(tmp_path / "photo.png"),
          "--server", f"http://127.0.0.1:{port}"],
         cwd=REPO, capture_output=True, timeout=60,
     )  # fmt: skip
@@ -93,7 +93,7 @@ def test_serve_without_a_model_stops_with_a_clear_message() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     env |= {"METAHMR_LOG_JSON": "0"}
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(_free_port())],
+        [sys.executable, "-m", "cli", "serve", "--port", str(_free_port())],
         cwd=REPO, env=env, capture_output=True, timeout=90,
     )  # fmt: skip
     assert done.returncode == 1

@@ -69,7 +69,7 @@ def test_assets_are_small_and_the_body_model_has_a_card():
 
 def test_info_command_prints_the_model_summary():
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "bodymodel", "info", "--json"],
+        [sys.executable, "-m", "cli", "bodymodel", "info", "--json"],
         capture_output=True, text=True, check=True,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2])},
     )

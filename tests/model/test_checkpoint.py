@@ -134,9 +134,9 @@ def test_half_precision_checkpoint_is_smaller_and_loads_into_float32(tmp_path) -
 def test_pack_command_takes_the_detector_of_another_checkpoint(tmp_path) -> None:
     import torch
 
+    from cli import main
     from model.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
     from model.config import BackboneConfig, RegressorConfig
-    from service.cli import main
 
     config = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
     model = save_checkpoint(random_checkpoint(config, body_model_id="b:1", with_detector=False),

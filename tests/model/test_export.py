@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from cli import main as metahmr
 from model.checkpoint import Checkpoint, checkpoint_from_models, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
 from model.export import (
@@ -20,7 +21,6 @@ from model.export import (
 )
 from model.keypoint_detector import HeatmapOnnxDetector, build_detector, detect
 from model.regressor import build_regressor
-from service.cli import main as metahmr
 
 torch.set_num_threads(1)
 

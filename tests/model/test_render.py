@@ -239,18 +239,6 @@ def test_render_meshes_and_input_errors():
         )
 
 
-def test_render_benchmark_measures_a_few_frames():
-    from model.render_bench import ellipsoid_mesh, format_rows, measure
-
-    vertices, faces = ellipsoid_mesh()
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    assert mesh.is_watertight and mesh.volume > 0  # closed, faces pointing outwards
-    row = measure(frames=2, width=160, height=120)
-    assert row["vertices"] == 13802 and row["faces"] == 27600 and row["mean_ms"] > 0
-    row["two_process_images_per_s"] = 1.0
-    assert "| osmesa |" in format_rows([row])
-
-
 def test_shading_is_lambert_in_pyrender_light_units(renderer):
     """Facing the light: (base * (ambient + 0.96 / π * intensity))^(1 / 2.2), as pyrender's
     diffuse term for a dielectric; colours are linear, the output gamma-encoded."""

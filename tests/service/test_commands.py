@@ -3,19 +3,26 @@ it cannot reach."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser
-from service.commands import recover_options
+from service.commands import recover_options, register
 from service.config import Settings
 from service.serve import LocalStack
 
 
+def _parser() -> argparse.ArgumentParser:
+    """A root parser with only this package's sub-commands (the top-level CLI adds the rest)."""
+    parser = argparse.ArgumentParser(prog="metahmr")
+    register(parser.add_subparsers(dest="command", required=True), {})
+    return parser
+
+
 def _options(*argv: str) -> dict:
-    return recover_options(build_parser().parse_args(["recover", "photo.jpg", *argv]))
+    return recover_options(_parser().parse_args(["recover", "photo.jpg", *argv]))
 
 
 def test_flags_become_options(tmp_path: Path) -> None:

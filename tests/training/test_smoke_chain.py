@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from cli import main
 from model.checkpoint import load_checkpoint
-from service.cli import main
 from training.run_log import read_log
 
 log = logging.getLogger(__name__)

@@ -99,7 +99,7 @@ def test_stored_smpl_reproduces_the_stored_joints(synth_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_synth_200_twice_gives_identical_checksums(tmp_path: Path) -> None:
-    from service.cli import main
+    from cli import main
 
     for name in ("a", "b"):
         args = ["data", "synth", "--split", "test", "--num", "200", "--out", str(tmp_path / name),

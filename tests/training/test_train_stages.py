@@ -272,7 +272,7 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert all(methods[m]["tto_ms_per_person"]["head"] > 0 for m in ("eft", "meta", "meta-dual"))
     assert "TTO wall time per person" in md and "TTO learning rates" in md
     # The same tables go into a model card's Metrics section, the rest of the card untouched.
-    from service.benchdoc import write_section
+    from bench.docs import write_section
     from training.evaluate import card_metrics
 
     card = tmp_path / "MODEL_CARD.md"
@@ -317,24 +317,33 @@ def test_eval_noise_is_identical_across_methods(data, body, tmp_path) -> None:
     assert by_method["eft"]["mpjpe"] == by_method["meta"]["mpjpe"]
 
 
+def _tune_command(checkpoint: Path, data: Path, out: Path, report: Path, *flags: str) -> int:
+    """`metahmr tune` on the CPU, in-process: training makes the report section, the CLI
+    writes it."""
+    from cli import main
+
+    return main(["tune", "--checkpoint", str(checkpoint), "--method", "eft", "--val", str(data),
+                 "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out),
+                 "--report", str(report), *flags])
+
+
 def test_tune_keeps_the_rate_with_the_lowest_validation_error_and_writes_it(
     pretrained, data, body, tmp_path
 ) -> None:
-    from training.tune import TuneConfig, run_tune
-
     report = tmp_path / "tuning.md"
     out = tmp_path / "tuned.pt"
-    config = TuneConfig(str(pretrained), "eft", str(data), lrs=(1e-9, 3e-3), steps=3,
-                        limit=8, batch_size=4, workers=0, device="cpu")
-    result = run_tune(config, str(out), report)
-    errors = [r["pa_mpjpe"] for r in result.rows]
-    assert len(errors) == 2 and result.best["pa_mpjpe"] == min(errors)
-    # A rate of 1e-9 leaves the prediction where regression put it.
-    assert abs(result.rows[0]["pa_mpjpe"] - result.baseline["pa_mpjpe"]) < 0.05
+    assert _tune_command(pretrained, data, out, report,
+                         "--lrs", "1e-9,3e-3", "--steps", "3", "--limit", "8") == 0
     tuned = load_checkpoint(out)
-    assert (tuned.tto.sgd_lr, tuned.tto.adam_lr) == (result.best["lr"], result.best["lr"])
-    assert tuned.extra["tto_tuning"]["rows"] == result.rows
+    tuning = tuned.extra["tto_tuning"]
+    errors = [r["pa_mpjpe"] for r in tuning["rows"]]
+    best = min(tuning["rows"], key=lambda r: r["pa_mpjpe"])
+    assert len(errors) == 2 and tuning["best_lr"] == best["lr"]
+    # A rate of 1e-9 leaves the prediction where regression put it.
+    assert abs(tuning["rows"][0]["pa_mpjpe"] - tuning["baseline"]["pa_mpjpe"]) < 0.05
+    assert (tuned.tto.sgd_lr, tuned.tto.adam_lr) == (best["lr"], best["lr"])
     text = report.read_text()
+    assert text.startswith("# TTO learning rates\n")  # a new report starts with its header
     assert f"## eft: {Path(pretrained).name}" in text and text.count("| kept |") == 1
 
 
@@ -356,20 +365,18 @@ def test_tune_of_a_meta_checkpoint_keeps_its_step_zero_rate(pretrained, data, bo
 def test_tune_with_another_head_subset_keeps_it_and_names_its_section(
     pretrained, data, body, tmp_path
 ) -> None:
-    from training.tune import TuneConfig, run_tune
+    from training.tune import TuneConfig
 
     assert load_checkpoint(pretrained).tto.head_subset == "all"
     report = tmp_path / "tuning.md"
-    config = TuneConfig(str(pretrained), "eft", str(data), lrs=(1e-3,), steps=2, limit=4,
-                        batch_size=4, workers=0, device="cpu", head_subset="output")
-    every = replace(config, head_subset=None)
-    result = run_tune(config, str(tmp_path / "out.pt"), report)
+    flags = ("--lrs", "1e-3", "--steps", "2", "--limit", "4")
+    assert _tune_command(pretrained, data, tmp_path / "out.pt", report,
+                         *flags, "--head-subset", "output") == 0
     assert load_checkpoint(tmp_path / "out.pt").tto.head_subset == "output"
-    run_tune(every, str(tmp_path / "all.pt"), report)
+    assert _tune_command(pretrained, data, tmp_path / "all.pt", report, *flags) == 0
     text = report.read_text()
     assert f"## eft: {Path(pretrained).name} (output head weights)" in text
     assert f"## eft: {Path(pretrained).name}\n" in text  # the other section stays
     assert "the `output` head weights adapting" in text
-    assert result.checkpoint.tto.head_subset == "output"
     with pytest.raises(ValueError, match="head_subset"):
         TuneConfig(str(pretrained), "eft", str(data), head_subset="fc2")

@@ -19,12 +19,12 @@ import trimesh
 from PIL import Image
 from result_checks import reprojection_px
 
+from cli import main as metahmr
 from model.body import BodyModel, load_body_model
 from model.checkpoint import random_checkpoint, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
 from model.export import export_checkpoint, file_sha256, load_manifest
 from model.keypoints import convert_keypoints
-from service.cli import main as metahmr
 from training.example import example_person
 from worker.config import WorkerSettings
 from worker.inference import NO_KEYPOINTS, ZERO_STEPS, OnnxPipeline, build_pipeline, parse_people

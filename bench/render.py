@@ -102,7 +102,7 @@ def _gl_renderer_name(renderer: Any) -> str:
 
 def _spawn(platform: str, frames: int, **extra_env: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYOPENGL_PLATFORM=platform, OMP_NUM_THREADS="1", **extra_env)
-    command = [sys.executable, "-m", "model.render_bench", "--frames", str(frames)]
+    command = [sys.executable, "-m", "bench.render", "--frames", str(frames)]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
 
 
@@ -148,8 +148,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def bench_render_command(args: argparse.Namespace) -> int:
-    from service.benchdoc import write_section
+def run_from_args(args: argparse.Namespace) -> int:
+    from bench.docs import write_section
 
     rows = run_benchmark(args.platforms.split(","), args.frames)
     body = format_rows(rows)
@@ -157,16 +157,6 @@ def bench_render_command(args: argparse.Namespace) -> int:
     if args.doc:
         write_section(Path(args.doc), _SECTION, body + "\n\nWritten by `metahmr bench render`.")
     return 0
-
-
-def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add `metahmr bench render`."""
-    del sub
-    parser = groups["bench"].add_parser("render", help="offscreen render throughput")
-    parser.add_argument("--platforms", default="osmesa,egl", help="comma-separated")
-    parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="'' to skip writing")
-    parser.set_defaults(func=bench_render_command)
 
 
 def _main() -> int:

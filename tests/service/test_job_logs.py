@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from service.logs import JobIdFilter, JsonFormatter, job_context
+from service.jobs import JobIdFilter, JsonFormatter, job_context
 
 
 def _line(logger: logging.Logger, message: str, **extra: object) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench_service import Sample, percentile, render_markdown, summarise
+from bench.service import Sample, percentile, render_markdown, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 

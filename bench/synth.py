@@ -49,7 +49,7 @@ def run_bench(num: int, workers: int, split: str, doc: Path | None) -> int:
     lines += ["", f"Target >= {TARGET_IMAGES_PER_SECOND:.0f} images/s with 2 workers: {verdict} it ({rate:.1f})."]
     body = "\n".join(lines)
     if doc is not None:
-        from service.benchdoc import write_section
+        from bench.docs import write_section
 
         write_section(doc, "synth", body)
         log.info("wrote the synth section of %s", doc)

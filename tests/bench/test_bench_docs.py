@@ -1,10 +1,10 @@
-"""docs/benchmarks.md sections are replaced in place, others kept."""
+"""Markdown sections are replaced in place, the others kept; a new file gets its header."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from service.benchdoc import write_section
+from bench.docs import write_section
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -17,3 +17,10 @@ def test_write_section_replaces_only_its_own_section(tmp_path: Path) -> None:
     assert "new synth" in text and "old synth" not in text
     assert text.index("## synth") < text.index("## tto")
     assert text.count("## synth") == 1 and "tto table" in text
+
+
+def test_a_new_file_starts_with_the_given_header(tmp_path: Path) -> None:
+    doc = tmp_path / "tuning.md"
+    write_section(doc, "eft: a.pt", "rates", header="# TTO learning rates\n\nintro\n")
+    write_section(doc, "eft: a.pt", "new rates", header="# ignored once the file exists\n")
+    assert doc.read_text() == "# TTO learning rates\n\nintro\n\n## eft: a.pt\n\nnew rates\n"

@@ -394,7 +394,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_doc:
-        from service.benchdoc import write_section
+        from bench.docs import write_section
 
         name = SECTION if settings.device == "cpu" else f"{SECTION} ({settings.device})"
         write_section(Path(args.doc), name, render_markdown(report))

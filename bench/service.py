@@ -354,7 +354,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from service.benchdoc import write_section
+    from bench.docs import write_section
 
     for noisy in ("httpx", "uvicorn.access"):  # one line per poll otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)

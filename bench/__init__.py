@@ -1,0 +1,1 @@
+"""Benchmarks behind `metahmr bench ...`; they may import every package, nothing imports them."""

@@ -1,0 +1,107 @@
+"""`metahmr bench tto|render|synth|service`: the benchmarks' parsers (the handlers import the
+benchmark, and with it torch, onnxruntime or uvicorn, only when they run).
+
+Each benchmark writes its section of docs/benchmarks.md (`--doc`, `--no-doc`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "test", "shifted")
+DOC = Path("docs/benchmarks.md")
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    del groups
+    parser = sub.add_parser("bench", help="benchmarks (results go to docs/benchmarks.md)")
+    bench = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    _register_tto(bench)
+    _register_render(bench)
+    _register_synth(bench)
+    _register_service(bench)
+
+
+def _register_tto(bench: Any) -> None:
+    tto = bench.add_parser(
+        "tto",
+        help="TTO latency: ONNX forward, head/full TTO, reference-style loop, batching",
+        description="Benchmark the test-time optimisation per person on this machine and "
+        "write the 'TTO' section of docs/benchmarks.md.",
+    )
+    tto.add_argument("--json", type=Path, help="also write the results as JSON here")
+    tto.add_argument(
+        "--backbones", default="resnet18,resnet50", help="comma-separated backbone names"
+    )
+    tto.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    tto.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
+    tto.add_argument("--device", default="cpu", help="cpu or cuda")
+    tto.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
+    tto.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    tto.set_defaults(func=_tto)
+
+
+def _register_render(bench: Any) -> None:
+    render = bench.add_parser("render", help="offscreen render throughput")
+    render.add_argument("--platforms", default="osmesa,egl", help="comma-separated")
+    render.add_argument("--frames", type=int, default=40)
+    render.add_argument("--doc", default=str(DOC), help="'' to skip writing")
+    render.set_defaults(func=_render)
+
+
+def _register_synth(bench: Any) -> None:
+    synth = bench.add_parser("synth", help="synthetic data throughput (images/s)")
+    synth.add_argument("--num", type=int, default=120, help="images to render")
+    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--split", choices=SPLITS, default="train")
+    synth.add_argument("--doc", type=Path, default=DOC)
+    synth.add_argument("--no-doc", action="store_true", help="print only, leave the doc alone")
+    synth.set_defaults(func=_synth)
+
+
+def _register_service(bench: Any) -> None:
+    service = bench.add_parser(
+        "service",
+        help="end-to-end latency and throughput of the service vs the pipeline's compute",
+        description="Start the stack as `metahmr serve` does (1 worker), send the example "
+        "photo sequentially and from concurrent clients, and write the 'service' section "
+        "of docs/benchmarks.md.",
+    )
+    service.add_argument("--requests", type=int, default=50, help="requests per mode")
+    service.add_argument("--clients", type=int, default=8, help="client threads, concurrent mode")
+    service.add_argument(
+        "--model-dir", type=Path, help="a `metahmr export` directory (default: shipped model)"
+    )
+    service.add_argument("--pipeline", choices=("onnx", "echo"), default="onnx")
+    # Fixed, small: the client's default backoff would add up to half a job's time.
+    service.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (ms)")
+    service.add_argument("--json", type=Path, help="also write the results as JSON here")
+    service.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
+    service.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    service.set_defaults(func=_service)
+
+
+def _tto(args: argparse.Namespace) -> int:
+    from bench.tto import run_from_args
+
+    return run_from_args(args)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from bench.render import run_from_args
+
+    return run_from_args(args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from bench.synth import run_bench
+
+    return run_bench(args.num, args.workers, args.split, None if args.no_doc else args.doc)
+
+
+def _service(args: argparse.Namespace) -> int:
+    from bench.service import run_from_args
+
+    return run_from_args(args)
