@@ -205,39 +205,66 @@ class LandmarkEncoder(nn.Module):
     runs once per person like an image backbone (ONNX in the worker); the TTO's "head" scope
     adapts the head over its output. While training, Gaussian noise of std `noise` is added
     to the input: BlazePose misses by a few percent of the box on real photos.
+
+    blocks = 0 is the two-layer MLP of the first BlazePose models (their state dicts load
+    as they are); blocks > 0 is a 2D-to-3D lifting network in the manner of Martinez et al.
+    (2017): a first layer, then `blocks` residual blocks of two layers each, which lifts
+    far better than two layers (see the model card).
     """
 
     stride = 1
 
-    def __init__(self, dim_in: int, width: int = 512, noise: float = 0.0) -> None:
+    def __init__(self, dim_in: int, width: int = 512, noise: float = 0.0, blocks: int = 0) -> None:
         super().__init__()
+        if blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
         self.out_channels = width
         self.noise = noise
         self.net = nn.Sequential(
             nn.Linear(dim_in, width), nn.ReLU(inplace=True), nn.Linear(width, width),
             nn.ReLU(inplace=True),
-        )  # fmt: skip
+        ) if blocks == 0 else nn.Sequential(nn.Linear(dim_in, width), nn.ReLU(inplace=True))  # fmt: skip
+        self.blocks = nn.ModuleList(_ResidualBlock(width) for _ in range(blocks))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, dim_in) -> (B, width)."""
         if self.training and self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
-        return self.net(x)
+        x = self.net(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _ResidualBlock(nn.Module):
+    """x + MLP(x): two layers with LayerNorm and ReLU (both export to ONNX as plain ops)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU(inplace=True),
+            nn.Linear(width, width),
+        )  # fmt: skip
+        self.out = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, width) -> (B, width)."""
+        return self.out(x + self.mlp(x))
 
 
 def build_backbone(
-    name: str, width: float = 1.0, input_noise: float = 0.0
+    name: str, width: float = 1.0, input_noise: float = 0.0, blocks: int = 0
 ) -> ResNet | TimmBackbone | LandmarkEncoder:
     """The backbone called `name` (see BACKBONE_NAMES), randomly initialised.
 
     width: channel multiplier for the in-house ResNets (must be 1.0 for timm models).
     input_noise: training-time noise std of a BlazePose encoder's input vector; width
-        scales its 512 channels.
+        scales its 512 channels; blocks: its residual blocks (see `LandmarkEncoder`).
     """
     if is_landmark_backbone(name):
         from model.blazepose import FEATURE_DIM
 
-        return LandmarkEncoder(FEATURE_DIM, _channels(512, width), input_noise)
+        return LandmarkEncoder(FEATURE_DIM, _channels(512, width), input_noise, blocks)
     if name in _RESNET_LAYERS:
         if not (math.isfinite(width) and width > 0):
             raise ValueError(f"width must be a positive number, got {width}")

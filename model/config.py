@@ -26,11 +26,14 @@ class BackboneConfig:
         every layer, a quarter of the compute, for the CPU-sized model).
     input_noise: for "blazepose-*" (BlazePose's outputs as the features), the std of the
         Gaussian noise added to them while training.
+    blocks: for "blazepose-*", the residual blocks of the encoder over BlazePose's outputs
+        (0: the plain two-layer MLP of the first BlazePose models).
     """
 
     name: str = "resnet50"
     width: float = 1.0
     input_noise: float = 0.0
+    blocks: int = 0
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ class Regressor(nn.Module):
         super().__init__()
         self.config = config or RegressorConfig()
         cfg = self.config
-        self.backbone = build_backbone(cfg.backbone.name, cfg.backbone.width, cfg.backbone.input_noise)
+        b = cfg.backbone
+        self.backbone = build_backbone(b.name, b.width, b.input_noise, b.blocks)
         feature_dim = int(self.backbone.out_channels)
         self.head = RegressorHead(feature_dim, cfg.hidden, cfg.n_iter, cfg.dropout)
 

@@ -136,6 +136,9 @@ def _register_train(sub: Any) -> None:
     pre.add_argument("--input-noise", type=float,
                      help="blazepose-* backbones: std of the noise added to BlazePose's outputs "
                      "while training")
+    pre.add_argument("--encoder-blocks", type=int, default=0,
+                     help="blazepose-* backbones: residual blocks of the encoder over BlazePose's "
+                     "outputs (0: a two-layer MLP)")
     pre.add_argument("--hidden", type=int, help="override the head width")
     pre.add_argument("--crop", type=_hw, help="network crop HxW, e.g. 128x96 (default 256x192)")
     pre.add_argument("--scope", choices=("head", "full"), default="head",
@@ -255,7 +258,7 @@ def _regressor(args: argparse.Namespace) -> Any:
     cfg = presets[args.size]
     backbone = BackboneConfig(
         args.backbone or cfg.backbone.name, args.width or cfg.backbone.width,
-        getattr(args, "input_noise", None) or 0.0,
+        getattr(args, "input_noise", None) or 0.0, getattr(args, "encoder_blocks", 0) or 0,
     )  # fmt: skip
     cfg = replace(cfg, backbone=backbone, hidden=args.hidden or cfg.hidden)
     if getattr(args, "dropout", None) is not None:

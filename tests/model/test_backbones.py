@@ -85,3 +85,42 @@ def test_normalize_crops_is_imagenet_normalised_nchw() -> None:
     np.testing.assert_allclose(x[0, 1, 0, 0], (0 - 0.456) / 0.224, rtol=1e-6)
     with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
         normalize_crops(np.zeros((4, 3, 3), np.uint8))
+
+
+def test_residual_landmark_encoder_keeps_its_width_and_blocks() -> None:
+    from model.blazepose import FEATURE_DIM
+
+    enc = build_backbone("blazepose-full", 1.0, 0.0, blocks=2).eval()
+    assert enc.out_channels == 512
+    assert len(enc.blocks) == 2
+    out = enc(torch.randn(5, FEATURE_DIM))
+    assert out.shape == (5, 512)
+    assert bool((out >= 0).all())  # each block ends in a ReLU
+    with pytest.raises(ValueError, match="blocks"):
+        build_backbone("blazepose-full", 1.0, 0.0, blocks=-1)
+
+
+def test_two_layer_encoder_state_dicts_still_load() -> None:
+    """The first BlazePose models (blocks = 0) saved `net.0` and `net.2` only."""
+    old = build_backbone("blazepose-full", 0.5)
+    assert sorted(old.state_dict()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+    build_backbone("blazepose-full", 0.5).load_state_dict(old.state_dict())
+
+
+def test_residual_encoder_exports_to_onnx_like_pytorch(tmp_path) -> None:
+    from model.checkpoint import checkpoint_from_models
+    from model.config import BackboneConfig, RegressorConfig, TTOConfig
+    from model.export import check_parity, export_checkpoint
+    from model.regressor import build_regressor
+
+    cfg = RegressorConfig(BackboneConfig("blazepose-full", 0.25, blocks=2), hidden=64, dropout=0.0)
+    nets = [build_regressor(cfg, seed=s).eval() for s in (0, 1)]
+    with torch.no_grad():
+        for net in nets:
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    ckpt = checkpoint_from_models(nets[0], TTOConfig(scope="head"), "test-body", f_u=nets[1])
+    export_checkpoint(ckpt, tmp_path)
+    errors = check_parity(ckpt, tmp_path, batch=3)
+    assert set(errors) >= {"f_w_backbone", "f_w_head"}
+    assert max(errors.values()) < 1e-4, errors

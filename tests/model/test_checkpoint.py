@@ -56,7 +56,7 @@ def test_file_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> None:
     assert payload["format_version"] == FORMAT_VERSION
     assert payload["tto_scope"] == "full"
     assert payload["configs"]["regressor"]["backbone"] == {
-        "name": "resnet18", "width": 0.25, "input_noise": 0.0
+        "name": "resnet18", "width": 0.25, "input_noise": 0.0, "blocks": 0
     }
     assert set(payload["state_dicts"]) == {"f_w", "f_u", "detector"}
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
