@@ -33,7 +33,13 @@ def _register_tto(bench: Any) -> None:
     )
     tto.add_argument("--json", type=Path, help="also write the results as JSON here")
     tto.add_argument(
-        "--backbones", default="resnet18,resnet50", help="comma-separated backbone names"
+        "--backbones", default="resnet18,resnet50",
+        help="comma-separated backbone names of random paper-sized regressors ('' = none)",
+    )
+    tto.add_argument(
+        "--model", default="shipped",
+        help="a BlazePose model checkpoint whose request path (detector + landmarks + heads) "
+        "and TTO are timed too ('shipped': the default model; '' = none)",
     )
     tto.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     tto.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")

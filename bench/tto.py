@@ -373,7 +373,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (written next to its results)."""
-    parts = ["metahmr", "bench", "tto", "--backbones", args.backbones]
+    parts = ["metahmr", "bench", "tto", "--backbones", args.backbones, "--model", args.model]
     parts += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     parts += ["--device", args.device]
     if args.json:
@@ -388,14 +388,35 @@ def run_from_args(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
     )
-    report = run_benchmark(settings)
-    report["command"] = command_line(args)
+    command = command_line(args)
+    sections: list[tuple[str, str]] = []
+    suffix = "" if settings.device == "cpu" else f" ({settings.device})"
+    report: dict[str, Any] = {}
+    if settings.backbones:
+        report = run_benchmark(settings)
+        report["command"] = command
+        sections.append((SECTION + suffix, render_markdown(report)))
+    if args.model:
+        from bench.tto_model import SECTION as MODEL_SECTION
+        from bench.tto_model import bench_model
+        from bench.tto_model import render_markdown as render_model
+        from model.body import load_body_model
+
+        torch.set_num_threads(settings.threads)
+        from worker.runtime import SHIPPED_CHECKPOINT
+
+        path = SHIPPED_CHECKPOINT if args.model == "shipped" else Path(args.model)
+        body = load_body_model().to(settings.device)
+        report["model_result"] = bench_model(path, settings, body)
+        report.setdefault("machine", machine_info(settings))
+        sections.append((MODEL_SECTION + suffix, render_model(report, command)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_doc:
         from bench.docs import write_section
 
-        name = SECTION if settings.device == "cpu" else f"{SECTION} ({settings.device})"
-        write_section(Path(args.doc), name, render_markdown(report))
+        for name, text in sections:
+            write_section(Path(args.doc), name, text)
     return 0
+

@@ -1,0 +1,170 @@
+"""`metahmr bench tto --model CKPT`: a trained model's request path, per person.
+
+The paper-sized rows of `bench.tto` time random ResNet regressors; this times what the
+worker runs for a BlazePose model (the shipped default unless `--model` says otherwise), on
+a real photograph-sized image:
+
+- forward_ms: BlazePose's person detector on the image, its landmark network on the person
+  found, the head input vector, and the ONNX graphs of f_w and f_u (encoder + head), one
+  person, as `worker.inference` chains them;
+- of which detector_ms, landmarks_ms and heads_ms;
+- head_tto_ms / head_tto_compiled_ms: `model.tto.fit` with the checkpoint's TTO schedule,
+  step 0 + 14 Adam steps (early stop off), eager and with compiled steps.
+
+Timings are medians of `repeats` runs after one warm-up, with explicit thread counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.tto import STEPS, BenchSettings, _median_ms
+
+log = logging.getLogger(__name__)
+
+SECTION = "TTO (shipped model)"
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "example.jpg"
+
+
+def bench_model(
+    checkpoint: str | Path,
+    settings: BenchSettings,
+    body: Any,
+    image_path: Path = EXAMPLE_IMAGE,
+    compiled: bool = True,
+) -> dict[str, Any]:
+    """Forward (BlazePose + heads) and head TTO of one person of `image_path` (see module);
+    compiled=False skips the compiled TTO (its first compile takes minutes on a cold cache)."""
+    import onnxruntime as ort
+
+    from model.backbones import is_landmark_backbone, landmark_variant
+    from model.blazepose import BlazePose, coco17_keypoints, head_features, landmark_boxes
+    from model.checkpoint import load_checkpoint
+    from model.crop import box_from_xyxy
+    from model.export import export_checkpoint
+    from model.outputs import CropInfo, RegressorOutput, SMPLParams
+    from model.tto import TTOInputs, compile_failure, fit, warm_up
+
+    ckpt = load_checkpoint(checkpoint)
+    name = ckpt.regressor_config.backbone.name
+    if not is_landmark_backbone(name):
+        raise ValueError(f"{checkpoint} is not a BlazePose model; time image backbones with --backbones")
+    variant = landmark_variant(name)
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    height, width = image.shape[:2]
+    blazepose = BlazePose(variant, threads=settings.threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        export_checkpoint(ckpt, tmp)
+        sessions = {
+            name: ort.InferenceSession(f"{tmp}/{name}.onnx", options, providers=["CPUExecutionProvider"])
+            for name in ("f_w_backbone", "f_w_head", "f_u_backbone", "f_u_head")
+        }
+
+    found = blazepose.find_people(image, 1)
+    if len(found.score) == 0:
+        raise RuntimeError(f"BlazePose found nobody in {image_path}")
+    roi = found.roi
+    box = landmark_boxes(found, (height, width))[0]
+    center, size = box_from_xyxy(box)
+    focal = float(np.hypot(width, height))
+    crop = CropInfo.from_boxes(
+        torch.tensor(np.array([center]), dtype=torch.float32),
+        torch.tensor(np.array([size]), dtype=torch.float32),
+        torch.tensor([[height, width]], dtype=torch.float32), torch.tensor([focal]),
+    )
+    info = crop.bbox_info().numpy()
+
+    def heads(lm: Any) -> dict[str, np.ndarray]:
+        vector = head_features(lm, np.array([center]), np.array([size]))
+        out = {}
+        for net in ("f_w", "f_u"):
+            (features,) = sessions[f"{net}_backbone"].run(None, {"blazepose": vector})
+            names = [o.name for o in sessions[f"{net}_head"].get_outputs()]
+            values = sessions[f"{net}_head"].run(None, {"features": features, "bbox_info": info})
+            out[net] = features
+            out[f"{net}_out"] = dict(zip(names, values, strict=True))
+        return out
+
+    def forward() -> None:
+        lm = blazepose.find_people(image, 1)
+        heads(lm)
+
+    result: dict[str, Any] = {"model": str(checkpoint), "version": ckpt.model_version, "variant": variant}
+    result["image"] = f"{image_path.name} {width}x{height}"
+    result["forward_ms"] = _median_ms(forward, settings.repeats)
+    result["detector_ms"] = _median_ms(lambda: blazepose.detect_people(image), settings.repeats)
+    result["landmarks_ms"] = _median_ms(lambda: blazepose.landmarks(image, roi), settings.repeats)
+    result["heads_ms"] = _median_ms(lambda: heads(found), settings.repeats)
+
+    outs = heads(found)
+    features = torch.from_numpy(outs["f_w"])
+    raw = outs["f_u_out"]
+    rot = torch.from_numpy(raw["rotmat"])
+    aux = RegressorOutput(SMPLParams(rot[:, :1], rot[:, 1:], torch.from_numpy(raw["betas"])),
+                          torch.from_numpy(raw["crop_cam"]))
+    keypoints = torch.from_numpy(coco17_keypoints(found))
+    inputs = TTOInputs(keypoints, crop, features=features)
+    f_w = ckpt.build_f_w("cpu")
+    base = replace(ckpt.tto, steps=STEPS, early_stop=0.0, compile=False, num_threads=None)
+    result["tto"] = {"subset": base.head_subset, "sgd_lr": base.sgd_lr, "adam_lr": base.adam_lr}
+    result["head_tto_ms"] = _median_ms(lambda: fit(f_w, inputs, body, base, aux), settings.repeats)
+    result["head_tto_overhead"] = result["head_tto_ms"] / result["forward_ms"]
+    if compiled:
+        config = replace(base, compile=True)
+        result["compile_s"] = warm_up(f_w, body, config)
+        result["compile_fell_back"] = compile_failure()
+        result["head_tto_compiled_ms"] = _median_ms(
+            lambda: fit(f_w, inputs, body, config, aux), settings.repeats
+        )
+        result["head_tto_compiled_overhead"] = result["head_tto_compiled_ms"] / result["forward_ms"]
+    log.info("%s: %s", checkpoint, {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})
+    return result
+
+
+def render_markdown(report: dict[str, Any], command: str) -> str:
+    r = report["model_result"]
+    m = report["machine"]
+    fell_back = f" (fell back to eager: {r['compile_fell_back']})" if r.get("compile_fell_back") else ""
+    compiled = "head_tto_compiled_ms" in r
+    tto_c = f"{r['head_tto_compiled_ms']:.1f}" if compiled else "–"
+    ratio_c = f"{r['head_tto_compiled_overhead']:.2f}" if compiled else "–"
+    compile_note = f"compile {r['compile_s']:.0f} s{fell_back}" if compiled else "not timed"
+    rows = [
+        "| model | forward (ms) | detector | landmarks | f_w + f_u graphs | head TTO eager (ms) "
+        "| head TTO compiled (ms) | eager / fwd | compiled / fwd |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {r['version']} (BlazePose {r['variant']}) | {r['forward_ms']:.1f} | {r['detector_ms']:.1f} | "
+        f"{r['landmarks_ms']:.1f} | {r['heads_ms']:.2f} | {r['head_tto_ms']:.1f} | {tto_c} | "
+        f"{r['head_tto_overhead']:.2f} | {ratio_c} |",
+    ]
+    t = r["tto"]
+    return "\n".join([
+        f"Command: `{command}`",
+        "",
+        f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, {m['threads']} "
+        f"threads, device cpu; load average at start {m.get('load_average_at_start')}. "
+        f"{m['note'].capitalize()}.",
+        "",
+        f"The request path of `{r['model']}` on `{r['image']}`, one person: forward = "
+        "BlazePose's person detector on the image + its landmark network on the person + "
+        "the ONNX graphs of f_w and f_u (encoder over BlazePose's outputs, head); the "
+        "detector, landmark and graph columns time each part alone. Head TTO = "
+        f"`model.tto.fit` with the checkpoint's schedule (`{t['subset']}` head weights, "
+        f"step-0 SGD {t['sgd_lr']:g}, Adam {t['adam_lr']:g}), step 0 + {STEPS} Adam steps, "
+        f"early stop off; compiled = `TTO_COMPILE=1`, {compile_note}.",
+        "",
+        *rows,
+        "",
+        "Target: head TTO / fwd <= 0.5.",
+    ])  # fmt: skip
