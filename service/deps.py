@@ -19,10 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.config import Settings
+from service.contract import RecoverOptions, format_validation_error
 from service.jobs import JobStore
 from service.metrics import ApiMetrics
 from service.queue import TaskQueue
-from service.schemas import RecoverOptions, check_against_image
+from service.schemas import check_against_image
 from service.uploads import CheckedImage, ImageLimits, UploadError, check_image
 
 # Room for the `options` part and multipart framing on top of the image limit.
@@ -167,15 +168,6 @@ def parse_options(raw: bytes | None) -> RecoverOptions:
         return RecoverOptions.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, "invalid_options", format_validation_error(exc, "options")) from exc
-
-
-def format_validation_error(exc: ValidationError, root: str, shown: int = 5) -> str:
-    parts = []
-    for err in exc.errors()[:shown]:
-        where = ".".join(str(p) for p in (root, *err["loc"]))
-        parts.append(f"{where}: {err['msg']}")
-    extra = len(exc.errors()) - shown
-    return "; ".join(parts) + (f"; and {extra} more" if extra > 0 else "")
 
 
 async def valid_recover_request(

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
+from service.contract import RecoverOptions
 from service.deps import ApiError, AppState
 from service.jobs import JobStore, configure_logging
 from service.metrics import ApiMetrics
@@ -58,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings, store=store, queue=queue, metrics=ApiMetrics(store, settings.queue_name)
     )
     app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     _install_error_handlers(app)
     app.middleware("http")(_observe_request)
     return app
@@ -68,6 +72,21 @@ def app_from_env() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     return create_app(settings)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus `RecoverOptions`: POST /recover reads its options from a
+    multipart part by hand (deps.parse_options), so FastAPI does not see the model."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        options = RecoverOptions.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(options.pop("$defs", {}))
+        components["RecoverOptions"] = options
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def error_response(

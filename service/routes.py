@@ -41,12 +41,11 @@ _MULTIPART_DOC = {
                             "format": "binary",
                             "description": "JPEG, PNG or WebP",
                         },
-                        "options": {
-                            "type": "string",
-                            "description": "JSON, see the RecoverOptions schema",
-                        },
+                        "options": {"$ref": "#/components/schemas/RecoverOptions"},
                     },
-                }
+                },
+                # The options part is a JSON document (sent as a form field or a file).
+                "encoding": {"options": {"contentType": "application/json"}},
             }
         },
     }
@@ -87,8 +86,8 @@ async def recover(state: StateDep, submission: RecoverDep, response: Response) -
 @router.get(
     "/jobs/{job_id}", response_model=JobView, responses=_ERRORS, summary="Job status and result"
 )
-async def get_job(job_id: str, state: StateDep, _caller: CallerDep) -> JobView:
-    return job_view(await _load(state, job_id))
+async def get_job(job_id: str, state: StateDep, _caller: CallerDep) -> JSONResponse:
+    return JSONResponse(job_view(await _load(state, job_id)))
 
 
 @router.get(
@@ -125,7 +124,7 @@ async def delete_job(job_id: str, state: StateDep, _caller: CallerDep) -> Respon
         canceled, _ = await run_in_threadpool(state.store.cancel, job_id)
         if canceled:
             fresh = await _load(state, job_id)
-            return JSONResponse(job_view(fresh).model_dump(mode="json"))
+            return JSONResponse(job_view(fresh))
     await run_in_threadpool(state.store.delete, job_id)
     return Response(status_code=204)
 
@@ -162,18 +161,23 @@ async def _load(state: StateDep, job_id: str) -> JobRecord:
     return record
 
 
-def job_view(record: JobRecord) -> JobView:
+def job_view(record: JobRecord) -> dict[str, Any]:
+    """The `JobView` JSON of a record. Its result is the worker's `RecoverResult.to_job()`,
+    passed through as stored: the worker built it from the typed contract, and the API does
+    not parse it a second time."""
     base = f"/jobs/{record.job_id}"
     files = {n: f"{base}/{n}" for n in record.files} if record.status is JobStatus.SUCCEEDED else {}
-    return JobView(
+    view = JobView(
         job_id=record.job_id,
         status=record.status.value,
         created_at=record.created_at,
         updated_at=record.updated_at,
         progress=ProgressOut(**vars(record.progress)) if record.progress else None,
-        result=record.result,
+        result=None,
         error=ErrorBody(code=record.error.code, message=record.error.message)
         if record.error
         else None,
         links=Links(self=base, files=files),
-    )
+    ).model_dump(mode="json")
+    view["result"] = record.result
+    return view

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import KEYPOINT_COUNTS, RecoverOptions, check_against_image
+from service.contract import KEYPOINT_COUNTS, RecoverOptions
+from service.schemas import check_against_image
 
 
 def _points(n: int, conf: float = 0.9) -> list[list[float]]:
