@@ -6,8 +6,10 @@ rotations and converts them); axis-angle appears only at the edges (data files, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +37,11 @@ class SMPLParams:
 
     def detach(self) -> SMPLParams:
         return SMPLParams(self.global_orient.detach(), self.body_pose.detach(), self.betas.detach())
+
+    def to(self, device: torch.device | str) -> SMPLParams:
+        return SMPLParams(
+            self.global_orient.to(device), self.body_pose.to(device), self.betas.to(device)
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,22 @@ class CropInfo:
             self.crop_hw,
         )
 
+    @staticmethod
+    def cat(crops: Sequence[CropInfo]) -> CropInfo:
+        """Concatenate along the batch dimension (the crops share `crop_hw`)."""
+        if not crops:
+            raise ValueError("CropInfo.cat needs at least one CropInfo")
+        if len({c.crop_hw for c in crops}) != 1:
+            raise ValueError(f"CropInfo.cat needs one crop size, got {[c.crop_hw for c in crops]}")
+        return CropInfo(
+            torch.cat([c.center for c in crops]),
+            torch.cat([c.box_size for c in crops]),
+            torch.cat([c.img_hw for c in crops]),
+            torch.cat([c.focal_length for c in crops]),
+            torch.cat([c.affine for c in crops]),
+            crops[0].crop_hw,
+        )
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> CropInfo:
@@ -200,6 +223,19 @@ class RegressorOutput:
 
     def detach(self) -> RegressorOutput:
         return RegressorOutput(self.params.detach(), self.crop_cam.detach())
+
+    def to(self, device: torch.device | str) -> RegressorOutput:
+        return RegressorOutput(self.params.to(device), self.crop_cam.to(device))
+
+    @classmethod
+    def from_numpy(
+        cls, rotmat: np.ndarray, betas: np.ndarray, crop_cam: np.ndarray
+    ) -> RegressorOutput:
+        """A head graph's outputs: rotmat (B, 24, 3, 3), betas (B, 10), crop_cam (B, 3).
+        The tensors share the arrays' memory."""
+        rot = torch.from_numpy(rotmat)
+        params = SMPLParams(rot[:, :1], rot[:, 1:], torch.from_numpy(betas))
+        return cls(params, torch.from_numpy(crop_cam))
 
     def translation(self, crop: CropInfo) -> Tensor:
         """The full-image camera translation (B, 3) in metres (CLIFF's cam_crop2full)."""
@@ -267,6 +303,21 @@ class FitResult:
     @property
     def batch_size(self) -> int:
         return self.final.batch_size
+
+    def select(self, span: slice) -> FitResult:
+        """The people `span` of a batched fit, as if they had been fitted alone."""
+        return replace(
+            self,
+            initial=self.initial.select(span),
+            final=self.final.select(span),
+            loss_history=self.loss_history[span],
+            final_loss=self.final_loss[span],
+            test_u_loss=self.test_u_loss[span],
+            steps_run=self.steps_run[span],
+            stopped_early=self.stopped_early[span],
+            skipped=self.skipped[span],
+            recorded={k: v.select(span) for k, v in self.recorded.items()},
+        )
 
     def loss_start(self, i: int) -> float:
         """Person i's 2D loss before the TTO."""

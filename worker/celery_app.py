@@ -23,7 +23,7 @@ from celery import Celery, signals
 
 from service.jobs import RECOVER_TASK, JobStore, configure_logging
 from worker.config import WorkerSettings, get_worker_settings
-from worker.pipeline import check_pipeline
+from worker.factory import check_pipeline
 from worker.tasks import recover, stop_worker_context, worker_context
 
 log = logging.getLogger(__name__)

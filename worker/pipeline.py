@@ -1,18 +1,20 @@
-"""The inference pipeline interface the task runs, and the factory that builds one.
+"""The inference pipeline interface the task runs, its errors, and the diagnostics pipeline.
 
-`Pipeline.run(image, options, progress)` turns one decoded image and the job's options into
-the §5 result (ARCHITECTURE.md) plus optional files. It must call `progress` at each stage
-and TTO step and let its exceptions through: that is how a canceled job stops.
+`Pipeline.run(image, options, progress)` turns one decoded image and the job's typed options
+(`service.contract.RecoverOptions`) into the §5 result (ARCHITECTURE.md) plus optional files.
+It must call `progress` at each stage and TTO step and let its exceptions through: that is
+how a canceled job stops.
 
-Two pipelines: "onnx" (the model: ONNX Runtime networks + PyTorch TTO, built by
-`worker/inference.py`'s `build_pipeline(settings)`), and "echo", a diagnostics pipeline with
-no model that answers with the image size and the people it was given, so the queue, the job
-store and the HTTP path can be checked on any machine.
+Two pipelines, built by name in `worker.factory`: "onnx" (the model: ONNX Runtime networks +
+PyTorch TTO, `worker.inference`), and "echo" (here), a diagnostics pipeline with no model
+that answers with the image size and the people it was given, so the queue, the job store
+and the HTTP path can be checked on any machine.
+
+This module is the bottom of the worker: it imports no other worker module but the config.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,15 +23,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from worker.config import WorkerSettings
+from service.contract import PersonIn, RecoverOptions
 
 ProgressFn = Callable[[str, int, int], None]
-PIPELINES = ("onnx", "echo")
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    result: dict[str, Any]  # the §5 "Result" object
+    result: dict[str, Any]  # the §5 "Result" object as JSON (`RecoverResult.to_job()`)
     files: Mapping[str, bytes] = field(default_factory=dict)  # mesh.obj, mesh.glb, overlay.png
     tto_steps: tuple[int, ...] = ()  # steps run per person, for /metrics
 
@@ -38,15 +39,15 @@ class Pipeline(Protocol):
     name: str
 
     def run(
-        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn
     ) -> PipelineResult:
-        """image (H, W, 3) uint8 RGB, upright; options as stored with the job."""
+        """image (H, W, 3) uint8 RGB, upright; options: the job's, parsed from its record."""
         ...
 
     def run_batch(
         self,
         images: Sequence[np.ndarray],
-        options_list: Sequence[Mapping[str, Any]],
+        options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
     ) -> list[PipelineResult | Exception]:
         """Several jobs at once (micro-batching): per job, its result or the exception that
@@ -79,7 +80,7 @@ class EchoPipeline:
         self.steps = steps
 
     def run(
-        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn
     ) -> PipelineResult:
         start = time.perf_counter()
         height, width = image.shape[:2]
@@ -87,8 +88,7 @@ class EchoPipeline:
             progress("echo", step, self.steps)
             time.sleep(self.delay_s / self.steps)
         progress("echo", self.steps, self.steps)
-        people = options.get("people") or [{"bbox": [0.0, 0.0, float(width), float(height)]}]
-        focal = options.get("focal_length") or math.hypot(width, height)
+        focal = options.focal_length or math.hypot(width, height)
         result = {
             "model": {
                 "name": "echo",
@@ -99,21 +99,21 @@ class EchoPipeline:
             "image": {"width": width, "height": height, "focal_length": focal},
             "people": [
                 {
-                    "bbox": p.get("bbox"),
-                    "keypoints_2d": (p.get("keypoints") or {}).get("points"),
-                    "keypoint_source": "request" if p.get("keypoints") else None,
+                    "bbox": list(p.bbox) if p.bbox is not None else None,
+                    "keypoints_2d": [list(k) for k in p.keypoints.points] if p.keypoints else None,
+                    "keypoint_source": "request" if p.keypoints else None,
                 }
-                for p in people
+                for p in options.people or [PersonIn(bbox=(0.0, 0.0, width, height))]
             ],
             "diagnostics": {"mean_rgb": [float(v) for v in image.reshape(-1, 3).mean(axis=0)]},
             "timings_ms": {"total": (time.perf_counter() - start) * 1000.0},
         }
-        return PipelineResult(result=result, tto_steps=tuple(0 for _ in people))
+        return PipelineResult(result=result, tto_steps=tuple(0 for _ in result["people"]))
 
     def run_batch(
         self,
         images: Sequence[np.ndarray],
-        options_list: Sequence[Mapping[str, Any]],
+        options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
     ) -> list[PipelineResult | Exception]:
         """One job after another (nothing here gains from a batch)."""
@@ -123,7 +123,7 @@ class EchoPipeline:
 def run_one_by_one(
     pipeline: Pipeline,
     images: Sequence[np.ndarray],
-    options_list: Sequence[Mapping[str, Any]],
+    options_list: Sequence[RecoverOptions],
     progress_list: Sequence[ProgressFn],
 ) -> list[PipelineResult | Exception]:
     """`Pipeline.run_batch` for a pipeline without a batched path: `run` per job, each job's
@@ -139,42 +139,3 @@ def run_one_by_one(
             res.result["timings_ms"]["batch_size"] = len(images)
         out.append(res)
     return out
-
-
-def _inference_module() -> Any:
-    try:
-        return importlib.import_module("worker.inference")
-    except ModuleNotFoundError as exc:
-        if exc.name != "worker.inference":
-            raise PipelineUnavailable(
-                f"the model pipeline needs {exc.name!r}: install the worker extra "
-                "(`make install`, or `pip install .[worker]`)"
-            ) from exc
-        raise PipelineUnavailable(
-            "this build has no model pipeline yet (worker/inference.py). To check the queue "
-            "without a model, set METAHMR_PIPELINE=echo"
-        ) from exc
-
-
-def check_pipeline(settings: WorkerSettings) -> str | None:
-    """Why the configured pipeline cannot run here, or None. Cheap: loads no model."""
-    if settings.pipeline not in PIPELINES:
-        return f"unknown pipeline {settings.pipeline!r}; valid: {', '.join(PIPELINES)}"
-    if settings.pipeline == "echo":
-        return None
-    try:
-        module = _inference_module()
-    except PipelineUnavailable as exc:
-        return str(exc)
-    check = getattr(module, "check_pipeline", None)
-    return check(settings) if check is not None else None
-
-
-def load_pipeline(settings: WorkerSettings) -> Pipeline:
-    """Build the pipeline named by `settings.pipeline` (heavy: loads the model)."""
-    if settings.pipeline == "echo":
-        return EchoPipeline(delay_s=settings.echo_delay_s)
-    if settings.pipeline == "onnx":
-        pipeline: Pipeline = _inference_module().build_pipeline(settings)
-        return pipeline
-    raise ValueError(f"unknown pipeline {settings.pipeline!r}; valid: {', '.join(PIPELINES)}")

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
+from service.contract import RecoverOptions, format_validation_error
 from service.jobs import (
     RECOVER_TASK,
     JobCanceled,
@@ -41,13 +43,13 @@ from service.jobs import (
     job_context,
 )
 from worker.config import WorkerSettings
+from worker.factory import load_pipeline
 from worker.pipeline import (
     PermanentJobError,
     Pipeline,
     PipelineResult,
     PipelineUnavailable,
     TransientJobError,
-    load_pipeline,
 )
 
 log = logging.getLogger(__name__)
@@ -174,12 +176,13 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     start = time.perf_counter()
 
     def compute() -> PipelineResult:
+        options = job_options(record.options)
         image = _load_image(store, job_id)
 
         def progress(stage: str, step: int, total: int) -> None:
             store.set_progress(job_id, ctx.worker_id, stage, step, total)
 
-        return ctx.pipeline().run(image, record.options, progress)
+        return ctx.pipeline().run(image, options, progress)
 
     return _settle(ctx, job_id, record.attempts, start, compute, leader=True)
 
@@ -206,10 +209,12 @@ def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
     records = {j: store.get(j) for j in job_ids}
     outcomes: dict[str, PipelineResult | Exception] = {}
     images = {}
+    options = {}
     for j in job_ids:
         try:
+            options[j] = job_options(r.options if (r := records[j]) else {})
             images[j] = _load_image(store, j)
-        except Exception as exc:  # this job's image only: it fails alone
+        except Exception as exc:  # this job's options or image only: it fails alone
             outcomes[j] = exc
     ready = list(images)
     if ready:
@@ -218,7 +223,7 @@ def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
                 ready,
                 ctx.pipeline().run_batch(
                     [images[j] for j in ready],
-                    [(r.options if (r := records[j]) else {}) for j in ready],
+                    [options[j] for j in ready],
                     [_progress_fn(ctx, j) for j in ready],
                 ),
                 strict=True,
@@ -250,6 +255,17 @@ def _progress_fn(ctx: WorkerContext, job_id: str) -> Callable[[str, int, int], N
         ctx.store.set_progress(job_id, ctx.worker_id, stage, step, total)
 
     return progress
+
+
+def job_options(stored: dict[str, Any]) -> RecoverOptions:
+    """The job's typed options from its record (validated at the API when it was created).
+    PermanentJobError for JSON that does not parse (a record written by another version)."""
+    try:
+        return RecoverOptions.from_job(stored)
+    except ValidationError as exc:
+        raise PermanentJobError(
+            f"the job's stored options are not valid: {format_validation_error(exc, 'options')}"
+        ) from exc
 
 
 def _load_image(store: JobStore, job_id: str) -> np.ndarray:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from celery.contrib.testing.worker import start_worker
 
 from service.config import Settings
+from service.contract import RecoverOptions
 from service.jobs import JobRecord, JobStatus, JobStore
 from service.queue import TaskQueue
 from worker.celery_app import create_celery
@@ -126,8 +127,11 @@ def test_canceling_a_batched_job_stops_only_that_job(
     assert statuses == [JobStatus.SUCCEEDED, JobStatus.CANCELED, JobStatus.SUCCEEDED]
 
 
+TRANSIENT = 13.0  # the focal length that marks a job for `_TransientFor`
+
+
 class _TransientFor:
-    """Echo, except that the jobs asking for {"transient": true} hit a passing error."""
+    """Echo, except that the jobs asking for focal length `TRANSIENT` hit a passing error."""
 
     name = "transient-for"
 
@@ -135,16 +139,16 @@ class _TransientFor:
         self.echo = EchoPipeline(steps=1)
 
     def run(
-        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn
     ) -> PipelineResult:
-        if options.get("transient"):
+        if options.focal_length == TRANSIENT:
             raise TransientJobError("out of GPU memory")
         return self.echo.run(image, options, progress)
 
     def run_batch(
         self,
         images: Sequence[np.ndarray],
-        options_list: Sequence[Mapping[str, Any]],
+        options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
     ) -> list[PipelineResult | Exception]:
         return run_one_by_one(self, images, options_list, progress_list)
@@ -157,7 +161,7 @@ def test_a_transient_error_in_a_batch_requeues_that_job(
     requeued: list[str] = []
     ctx.presence = Presence(store, ctx.worker_id, ctx.settings, requeued.append)
     first = store.create(two_colour_jpeg, {}, {}).job_id
-    flaky = store.create(two_colour_jpeg, {"transient": True}, {}).job_id
+    flaky = store.create(two_colour_jpeg, {"focal_length": TRANSIENT}, {}).job_id
     assert run_job(ctx, first) is JobStatus.SUCCEEDED
     record = _get(store, flaky)
     assert record.status is JobStatus.QUEUED and record.worker is None

@@ -14,6 +14,7 @@ from PIL import Image
 # The tiny exported model, its pipeline and the example person of the inference tests.
 from test_inference import FAST, body, exported, person, pipeline  # noqa: F401
 
+from service.contract import RecoverOptions
 from service.jobs import JobCanceled, JobStatus, JobStore
 from worker.config import WorkerSettings
 from worker.inference import OnnxPipeline
@@ -37,6 +38,11 @@ def _jobs(example: dict[str, Any]) -> list[dict[str, Any]]:
         {"people": [{"keypoints": {"format": "coco17", "points": kp.tolist()}}],
          "tto": {"steps": 0}},
     ]  # fmt: skip
+
+
+def _typed(jobs: list[dict[str, Any]]) -> list[RecoverOptions]:
+    """The options as the worker reads them from the job records."""
+    return [RecoverOptions.model_validate(o) for o in jobs]
 
 
 def _close(a: Any, b: Any, path: str = "") -> None:
@@ -66,10 +72,11 @@ def test_run_batch_equals_running_the_jobs_one_by_one(
     jobs = _jobs(person)
     image = person["image"]
     images = [image, np.ascontiguousarray(image[:440, 16:]), image, image]  # sizes differ
-    alone = [pipeline.run(i, o, lambda *c: None) for i, o in zip(images, jobs, strict=True)]
+    typed = _typed(jobs)
+    alone = [pipeline.run(i, o, lambda *c: None) for i, o in zip(images, typed, strict=True)]
     calls: list[list[tuple[str, int, int]]] = [[] for _ in jobs]
     together = pipeline.run_batch(
-        images, jobs, [lambda *c, k=k: calls[k].append(c) for k in range(len(jobs))]
+        images, typed, [lambda *c, k=k: calls[k].append(c) for k in range(len(jobs))]
     )
     assert together[1].result["image"]["height"] == 440  # type: ignore[union-attr]
     for one, batched in zip(alone, together, strict=True):
@@ -91,17 +98,22 @@ def test_a_job_with_bad_input_fails_alone(
     person: dict[str, Any],  # noqa: F811
 ) -> None:
     jobs = _jobs(person)[:2]
-    bad = {"people": [{"bbox": [10.0, 10.0, 5.0, 5.0]}]}
+    one_point = np.zeros((17, 3))
+    one_point[0] = [10.0, 10.0, 1.0]  # no box can be derived from a single keypoint
+    bad = {"people": [{"keypoints": {"points": one_point.tolist()}}]}
     wrong_scope = {"tto": {"scope": "full"}}
     images = [person["image"]] * 4
-    out = pipeline.run_batch(images, [jobs[0], bad, wrong_scope, jobs[1]], [lambda *c: None] * 4)
+    out = pipeline.run_batch(
+        images, _typed([jobs[0], bad, wrong_scope, jobs[1]]), [lambda *c: None] * 4
+    )
     assert isinstance(out[1], PermanentJobError) and "bbox" in str(out[1])
     assert isinstance(out[2], PermanentJobError) and "scope" in str(out[2])
     for k, job in ((0, jobs[0]), (3, jobs[1])):
         res = out[k]
         assert isinstance(res, PipelineResult)
         assert res.result["timings_ms"]["batch_size"] == 2
-        _close(_without_timings(pipeline.run(person["image"], job, lambda *c: None)),
+        (typed,) = _typed([job])
+        _close(_without_timings(pipeline.run(person["image"], typed, lambda *c: None)),
                _without_timings(res))  # fmt: skip
 
 
@@ -116,7 +128,7 @@ def test_a_canceled_job_stops_alone_and_the_batch_finishes(
             raise JobCanceled("job was canceled")
 
     progress = [lambda *c: None, canceled, lambda *c: None]
-    out = pipeline.run_batch([person["image"]] * 3, jobs, progress)
+    out = pipeline.run_batch([person["image"]] * 3, _typed(jobs), progress)
     assert isinstance(out[1], JobCanceled)
     assert all(isinstance(out[k], PipelineResult) for k in (0, 2))
 
@@ -124,7 +136,7 @@ def test_a_canceled_job_stops_alone_and_the_batch_finishes(
 def test_echo_pipeline_batches_as_a_loop() -> None:
     echo = EchoPipeline(steps=2)
     images = [np.zeros((4, 6, 3), np.uint8), np.full((8, 2, 3), 255, np.uint8)]
-    out = echo.run_batch(images, [{}, {}], [lambda *c: None] * 2)
+    out = echo.run_batch(images, _typed([{}, {}]), [lambda *c: None] * 2)
     for image, res in zip(images, out, strict=True):
         assert isinstance(res, PipelineResult)
         assert res.result["image"]["height"] == image.shape[0]
@@ -161,7 +173,8 @@ def test_recover_task_batches_onnx_jobs_and_a_bad_one_fails_alone(
     for record, options in ((records[0], jobs[0]), (records[2], jobs[1])):
         assert record is not None and record.result is not None
         assert record.result["timings_ms"]["batch_size"] == 2
-        alone = pipeline.run(person["image"], options, lambda *c: None)
+        (typed,) = _typed([options])
+        alone = pipeline.run(person["image"], typed, lambda *c: None)
         _close(
             _without_timings(alone), {k: v for k, v in record.result.items() if k != "timings_ms"}
         )

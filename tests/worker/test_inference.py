@@ -25,11 +25,14 @@ from model.checkpoint import random_checkpoint, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
 from model.export import export_checkpoint, file_sha256, load_manifest
 from model.keypoints import convert_keypoints
+from service.contract import PersonIn, RecoverOptions
 from training.example import example_person
 from worker.config import WorkerSettings
+from worker.factory import check_pipeline
 from worker.inference import NO_KEYPOINTS, ZERO_STEPS, OnnxPipeline, build_pipeline, parse_people
-from worker.pipeline import PermanentJobError, PipelineUnavailable, check_pipeline
+from worker.pipeline import PermanentJobError, PipelineUnavailable
 from worker.runtime import SHIPPED_CHECKPOINT, prepare_shipped_model
+from worker.tasks import job_options
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = RegressorConfig(BackboneConfig("resnet18", 0.25), hidden=64)
@@ -94,7 +97,8 @@ def _options(person: dict[str, object], **extra: object) -> dict[str, object]:
 
 def _run(pipeline: OnnxPipeline, person: dict[str, object], options: dict[str, object]):  # type: ignore[no-untyped-def]
     calls: list[tuple[str, int, int]] = []
-    out = pipeline.run(person["image"], options, lambda *c: calls.append(c))  # type: ignore[arg-type]
+    typed = RecoverOptions.model_validate(options)  # as the worker reads a job record
+    out = pipeline.run(person["image"], typed, lambda *c: calls.append(c))  # type: ignore[arg-type]
     return out, calls
 
 
@@ -160,7 +164,8 @@ def test_the_shipped_model_recovers_the_docs_example(tmp_path: Path, body: BodyM
     image = np.asarray(Image.open(docs / "example.jpg").convert("RGB"))
     keypoints = json.loads((docs / "example_keypoints.json").read_text())
     pipeline = build_pipeline(_settings(None, cache_dir=tmp_path / "cache"))
-    out = pipeline.run(image, {"people": [{"keypoints": keypoints}]}, lambda *c: None)
+    options = RecoverOptions.model_validate({"people": [{"keypoints": keypoints}]})
+    out = pipeline.run(image, options, lambda *c: None)
     assert out.result["model"]["body_model"] == body.id
     assert out.result["model"]["version"] != "random-init"
     (person,) = out.result["people"]
@@ -248,17 +253,21 @@ def test_a_scope_other_than_the_models_is_refused(pipeline: OnnxPipeline, person
     assert out.result["people"][0]["fit"]["steps_run"] == 2
 
 
-def test_keypoints_of_the_wrong_count_are_refused(pipeline: OnnxPipeline, person) -> None:  # type: ignore[no-untyped-def]
+def test_a_stored_job_with_invalid_keypoints_fails_as_bad_input(person) -> None:  # type: ignore[no-untyped-def]
+    """The API refuses these (service.contract); a record that holds them anyway (written
+    by another version) fails its job instead of reaching the pipeline."""
     points = person["keypoints"].tolist()
     for fmt, pts in (("coco17", points[:16]), ("openpose25", points)):
-        options = {
+        stored = {
             "people": [{"bbox": [0, 0, 64, 64], "keypoints": {"format": fmt, "points": pts}}]
         }
         with pytest.raises(PermanentJobError, match=f"format {fmt} has"):
-            _run(pipeline, person, options)
+            job_options(stored)
     bad = [[x, y, 1.5] for x, y, _ in points]
-    with pytest.raises(PermanentJobError, match=r"confidences in \[0, 1\]"):
-        _run(pipeline, person, {"people": [{"keypoints": {"points": bad}}]})
+    with pytest.raises(PermanentJobError, match=r"confidence 1.5 is not in \[0, 1\]"):
+        job_options({"people": [{"keypoints": {"points": bad}}]})
+    with pytest.raises(PermanentJobError, match="tto.steps"):
+        job_options({"tto": {"steps": "many"}})
 
 
 @pytest.mark.parametrize("fmt", ["openpose25", "mediapipe33"])
@@ -309,13 +318,20 @@ def test_people_without_keypoints_use_the_detector_or_go_unfitted(
 def test_a_person_needs_a_box_or_two_confident_keypoints() -> None:
     points = np.zeros((17, 3))
     points[0] = [10, 10, 1.0]
+
+    def person(**fields: object) -> PersonIn:
+        return PersonIn.model_validate(fields)
+
     with pytest.raises(PermanentJobError, match="fewer than two keypoints"):
-        parse_people([{"keypoints": {"points": points.tolist()}}], 100, 100)
-    with pytest.raises(PermanentJobError, match="x0 < x1"):
-        parse_people([{"bbox": [50, 0, 10, 10]}], 100, 100)
+        parse_people([person(keypoints={"points": points.tolist()})], 100, 100)
     points[1] = [30, 50, 0.5]
-    (person,) = parse_people([{"keypoints": {"points": points.tolist()}}], 100, 100)
-    np.testing.assert_allclose(person.bbox, [6, 6, 34, 54])  # padded by 10% of 40 px
+    (found,) = parse_people([person(keypoints={"points": points.tolist()})], 100, 100)
+    np.testing.assert_allclose(found.bbox, [6, 6, 34, 54])  # padded by 10% of 40 px
+    (boxed,) = parse_people([person(bbox=[5, 6, 50, 60])], 100, 100)
+    np.testing.assert_array_equal(boxed.bbox, [5, 6, 50, 60])
+    assert boxed.keypoints is None
+    (whole,) = parse_people([], 100, 80)
+    np.testing.assert_array_equal(whole.bbox, [0, 0, 100, 80])
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
 
+from service.contract import RecoverOptions
 from worker.config import WorkerSettings
-from worker.pipeline import EchoPipeline, PipelineUnavailable, check_pipeline, load_pipeline
+from worker.factory import check_pipeline, load_pipeline
+from worker.pipeline import EchoPipeline, PipelineUnavailable
 
 
 def test_echo_pipeline_reports_image_and_people() -> None:
     image = np.zeros((30, 40, 3), np.uint8)
     image[..., 1] = 100
     steps: list[tuple[str, int, int]] = []
-    options = {"people": [{"bbox": [1, 2, 3, 4], "keypoints": {"points": [[1, 1, 1]]}}]}
+    points = [[1.0, 1.0, 1.0]] * 17
+    options = RecoverOptions.model_validate(
+        {"people": [{"bbox": [1, 2, 3, 4], "keypoints": {"points": points}}]}
+    )
     out = EchoPipeline(steps=3).run(image, options, lambda *p: steps.append(p))
     assert steps == [("echo", 0, 3), ("echo", 1, 3), ("echo", 2, 3), ("echo", 3, 3)]
     assert out.result["image"] == {"width": 40, "height": 30, "focal_length": 50.0}
     assert out.result["people"][0]["bbox"] == [1, 2, 3, 4]
     assert out.result["people"][0]["keypoint_source"] == "request"
+    assert out.result["people"][0]["keypoints_2d"] == points
     assert out.result["diagnostics"]["mean_rgb"] == [0.0, 100.0, 0.0]
     assert out.files == {} and out.tto_steps == (0,)
 
@@ -32,14 +38,18 @@ def test_echo_is_loaded_by_name() -> None:
     assert check_pipeline(settings) is None
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("worker.inference") is not None, reason="the model pipeline exists"
-)
-def test_model_pipeline_missing_says_what_to_do() -> None:
+def test_without_the_worker_extra_the_model_pipeline_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker
+
+    monkeypatch.delitem(sys.modules, "worker.inference", raising=False)
+    monkeypatch.delattr(worker, "inference", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if it were not installed
     settings = WorkerSettings(pipeline="onnx")
     problem = check_pipeline(settings)
-    assert problem is not None and "METAHMR_PIPELINE=echo" in problem
-    with pytest.raises(PipelineUnavailable, match="METAHMR_PIPELINE=echo"):
+    assert problem is not None and "'torch'" in problem and "worker extra" in problem
+    with pytest.raises(PipelineUnavailable, match="worker extra"):
         load_pipeline(settings)
 
 

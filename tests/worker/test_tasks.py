@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.contract import RecoverOptions
 from service.jobs import JobStatus, JobStore
 from worker.config import WorkerSettings
 from worker.pipeline import (
@@ -44,7 +45,7 @@ class _Raises:
         self.calls = 0
 
     def run(
-        self, image: np.ndarray, options: Mapping[str, Any], progress: ProgressFn
+        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn
     ) -> PipelineResult:
         self.calls += 1
         progress("start", 0, 1)
