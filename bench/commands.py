@@ -81,6 +81,10 @@ def _register_service(bench: Any) -> None:
         "--model-dir", type=Path, help="a `metahmr export` directory (default: shipped model)"
     )
     service.add_argument("--pipeline", choices=("onnx", "echo"), default="onnx")
+    service.add_argument(
+        "--no-keypoints", action="store_true",
+        help="send the photo alone: BlazePose finds the person and their keypoints",
+    )
     # Fixed, small: the client's default backoff would add up to half a job's time.
     service.add_argument("--poll-ms", type=float, default=10.0, help="client poll interval (ms)")
     service.add_argument("--json", type=Path, help="also write the results as JSON here")

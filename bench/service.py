@@ -272,6 +272,8 @@ def run_benchmark(config: BenchConfig, settings: Settings | None = None) -> dict
         "model": result.get("model"),
         "image": {"file": config.image.name, **result.get("image", {})},
         "people": len(result.get("people") or []),
+        "keypoints_sent": config.keypoints is not None,
+        "timings_ms": {k: v for k, v in (result.get("timings_ms") or {}).items()},
         "tto_steps_run": [
             (p.get("fit") or {}).get("steps_run") for p in result.get("people") or []
         ],
@@ -320,7 +322,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"uvicorn, client on the same machine. Model `{model.get('name')}` version "
         f"`{model.get('version')}` (TTO scope {model.get('tto_scope')}, body model "
         f"`{model.get('body_model')}`). Input `{image['file']}` {image.get('width')}x"
-        f"{image.get('height')} with keypoints for {report['people']} person, default "
+        f"{image.get('height')} "
+        + (
+            f"with keypoints for {report['people']} person"
+            if report.get("keypoints_sent", True)
+            else f"with no people or keypoints sent (BlazePose's detector and landmarks find "
+            f"them: {report['people']} person)"
+        )
+        + ", default "
         f"options (TTO steps run: {report.get('tto_steps_run')}); {report['warmup']} untimed "
         "warm-up jobs first.",
         "",
@@ -338,6 +347,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({seq['overhead_p50_ms']:.1f} ms on {seq['compute_p50_ms']:.1f} ms, "
         f"{seq['overhead_ratio_p50']:.0%}).",
     ]
+    stages = report.get("timings_ms") or {}
+    if stages:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if isinstance(v, float))
+        lines += ["", f"Stage times of the last job (concurrent mode), inside the worker (ms): {parts}."]
     return "\n".join(lines)
 
 
@@ -348,6 +361,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.model_dir is not None:
         parts += ["--model-dir", str(args.model_dir)]
     parts += ["--poll-ms", f"{args.poll_ms:g}"]
+    if getattr(args, "no_keypoints", False):
+        parts += ["--no-keypoints"]
     if args.json:
         parts += ["--json", str(args.json)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -367,6 +382,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         model_dir=args.model_dir,
         poll_s=args.poll_ms / 1000.0,
+        keypoints=None if getattr(args, "no_keypoints", False) else DEFAULT_KEYPOINTS,
     )
     report = run_benchmark(config)
     report["command"] = command_line(args)

@@ -16,6 +16,7 @@ Timings are medians of `repeats` runs after one warm-up, with explicit thread co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import replace
@@ -43,8 +44,6 @@ def bench_model(
 ) -> dict[str, Any]:
     """Forward (BlazePose + heads) and head TTO of one person of `image_path` (see module);
     compiled=False skips the compiled TTO (its first compile takes minutes on a cold cache)."""
-    import onnxruntime as ort
-
     from model.backbones import is_landmark_backbone, landmark_variant
     from model.blazepose import BlazePose, coco17_keypoints, head_features, landmark_boxes
     from model.checkpoint import load_checkpoint
@@ -52,6 +51,7 @@ def bench_model(
     from model.export import export_checkpoint
     from model.outputs import CropInfo, RegressorOutput, SMPLParams
     from model.tto import TTOInputs, compile_failure, fit, warm_up
+    from worker.runtime import OnnxGraph
 
     ckpt = load_checkpoint(checkpoint)
     name = ckpt.regressor_config.backbone.name
@@ -61,13 +61,12 @@ def bench_model(
     image = np.asarray(Image.open(image_path).convert("RGB"))
     height, width = image.shape[:2]
     blazepose = BlazePose(variant, threads=settings.threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads
-    options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory() as tmp:
         export_checkpoint(ckpt, tmp)
-        sessions = {
-            name: ort.InferenceSession(f"{tmp}/{name}.onnx", options, providers=["CPUExecutionProvider"])
+        # The worker's own sessions (`worker.runtime.OnnxGraph`: no spin-waiting threads,
+        # which would slow BlazePose's LiteRT run that follows each ONNX call).
+        graphs = {
+            name: OnnxGraph(Path(tmp) / f"{name}.onnx", "cpu", settings.threads)
             for name in ("f_w_backbone", "f_w_head", "f_u_backbone", "f_u_head")
         }
 
@@ -85,22 +84,23 @@ def bench_model(
     )
     info = crop.bbox_info().numpy()
 
-    def heads(lm: Any) -> dict[str, np.ndarray]:
+    def heads(lm: Any) -> dict[str, Any]:
         vector = head_features(lm, np.array([center]), np.array([size]))
-        out = {}
+        out: dict[str, Any] = {}
         for net in ("f_w", "f_u"):
-            (features,) = sessions[f"{net}_backbone"].run(None, {"blazepose": vector})
-            names = [o.name for o in sessions[f"{net}_head"].get_outputs()]
-            values = sessions[f"{net}_head"].run(None, {"features": features, "bbox_info": info})
+            features = graphs[f"{net}_backbone"](blazepose=vector)["features"]
             out[net] = features
-            out[f"{net}_out"] = dict(zip(names, values, strict=True))
+            out[f"{net}_out"] = graphs[f"{net}_head"](features=features, bbox_info=info)
         return out
 
     def forward() -> None:
         lm = blazepose.find_people(image, 1)
         heads(lm)
 
-    result: dict[str, Any] = {"model": str(checkpoint), "version": ckpt.model_version, "variant": variant}
+    shown = Path(checkpoint).resolve()
+    with contextlib.suppress(ValueError):  # inside the repository: say where, not whose disk
+        shown = shown.relative_to(EXAMPLE_IMAGE.parents[2])
+    result: dict[str, Any] = {"model": str(shown), "version": ckpt.model_version, "variant": variant}
     result["image"] = f"{image_path.name} {width}x{height}"
     result["forward_ms"] = _median_ms(forward, settings.repeats)
     result["detector_ms"] = _median_ms(lambda: blazepose.detect_people(image), settings.repeats)
@@ -158,7 +158,8 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         "",
         f"The request path of `{r['model']}` on `{r['image']}`, one person: forward = "
         "BlazePose's person detector on the image + its landmark network on the person + "
-        "the ONNX graphs of f_w and f_u (encoder over BlazePose's outputs, head); the "
+        "the ONNX graphs of f_w and f_u (encoder over BlazePose's outputs, head; the worker's "
+        "sessions); the "
         "detector, landmark and graph columns time each part alone. Head TTO = "
         f"`model.tto.fit` with the checkpoint's schedule (`{t['subset']}` head weights, "
         f"step-0 SGD {t['sgd_lr']:g}, Adam {t['adam_lr']:g}), step 0 + {STEPS} Adam steps, "
