@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.jobs.store import celery_broker_url, require_redis_url
+
 
 class Settings(BaseSettings):
     """What the API process (and, through `WorkerSettings`, the worker) needs to know."""
@@ -78,20 +80,12 @@ class Settings(BaseSettings):
 
     def require_redis_url(self) -> str:
         """The Redis URL, or an error that says how to get one."""
-        if not self.redis_url:
-            raise RuntimeError(
-                "METAHMR_REDIS_URL is not set: run `metahmr serve` (it starts an embedded "
-                "Redis) or point METAHMR_REDIS_URL at a Redis server, e.g. redis://localhost:6379/0"
-            )
-        return self.redis_url
+        return require_redis_url(self.redis_url)
 
     @property
     def broker_url(self) -> str:
         """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
-        url = self.require_redis_url()
-        if url.startswith("unix://"):
-            return "redis+socket://" + url[len("unix://") :]
-        return url
+        return celery_broker_url(self.redis_url)
 
 
 def get_settings() -> Settings:

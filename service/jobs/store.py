@@ -13,32 +13,30 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 - ``workers`` sorted set: worker id -> time (Redis clock) its heartbeat expires.
 - ``rate:{who}:{minute}`` submission counters; ``stats:*`` hashes behind /metrics.
 
-Status changes run as Lua scripts, so a check and its write are one atomic step: a job
-goes queued -> running -> succeeded | failed | canceled, running -> queued when its worker
-died (the reaper), and never leaves a final state.
+Status changes run as Lua scripts (`service.jobs.scripts`), so a check and its write are one
+atomic step: a job goes queued -> running -> succeeded | failed | canceled, running -> queued
+when its worker died (the reaper), and never leaves a final state.
 
-Job-scoped logging lives here too (end of the module), because the API and the workers both
-need it and the job store is what the worker may import from this package: JSON log lines
-that carry the id of the job being handled (`job_context`, `configure_logging`).
+Job-scoped logging is its neighbour in this package (`service.jobs.logs`): the API and the
+workers both need it, and the job store package is what the worker may import from the
+service.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import json
-import logging
-import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import redis
+
+from service.jobs import scripts
 
 # The Celery task a job is sent as; the API sends it by name and never imports worker code.
 RECOVER_TASK = "metahmr.recover"
@@ -132,122 +130,6 @@ def is_job_id(text: str) -> bool:
         return False
 
 
-# KEYS: 1 job hash, 2 running set, 3 image, 4 queued index.
-# ARGV: 1 allowed current statuses (space separated), 2 new status, 3 required worker ('' =
-# any), 4 job id, 5 ttl seconds (0 = keep), 6 '1' to drop the image, 7.. field/value pairs.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, ''} end
-local allowed = false
-for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end end
-if not allowed then return {0, cur} end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[2] == 'running' then redis.call('SADD', KEYS[2], ARGV[4])
-else redis.call('SREM', KEYS[2], ARGV[4]) end
-if ARGV[2] == 'queued' then redis.call('ZADD', KEYS[4], 0, ARGV[4])
-else redis.call('ZREM', KEYS[4], ARGV[4]) end
-if ARGV[6] == '1' then redis.call('DEL', KEYS[3]) end
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-return {1, cur}
-"""
-
-# KEYS: 1 job hash, 2 running set, 3 queued index. ARGV: 1 worker, 2 now (ISO), 3 job id.
-_CLAIM = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, ''} end
-local mine = cur == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[1]
-if cur ~= 'queued' and not mine then return {0, cur} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'updated_at', ARGV[2],
-           'started_at', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HDEL', KEYS[1], 'progress')
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[3], ARGV[3])
-return {1, cur}
-"""
-
-# Take up to ARGV[3] queued jobs, oldest first, for one worker: each one exactly as _CLAIM
-# would. KEYS: 1 queued index, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 limit, 4 key
-# prefix (job keys are built here, as in _REAP). Every id looked at leaves the index (claimed,
-# or no longer queued), so each pass reads new ones.
-_CLAIM_QUEUED = """
-local out = {}
-local limit = tonumber(ARGV[3])
-while #out < limit do
-  local ids = redis.call('ZRANGE', KEYS[1], 0, limit - #out - 1)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', KEYS[1], id)
-    local key = ARGV[4] .. 'job:' .. id
-    if redis.call('HGET', key, 'status') == 'queued' then
-      redis.call('HSET', key, 'status', 'running', 'worker', ARGV[1], 'updated_at', ARGV[2],
-                 'started_at', ARGV[2])
-      redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HDEL', key, 'progress')
-      redis.call('SADD', KEYS[2], id)
-      table.insert(out, id)
-    end
-  end
-end
-return out
-"""
-
-# Scripts that read the clock use Redis's, so workers on several hosts agree on expiry.
-_HEARTBEAT = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600)
-return 1
-"""
-
-_LIVE_WORKERS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-"""
-
-# KEYS: 1 running set, 2 workers, 3 queued index. ARGV: 1 key prefix, 2 max attempts, 3 now (ISO),
-# 4 error JSON when attempts are used up. Job keys are built here from the prefix (fine on a
-# single Redis; this store does not target Redis Cluster).
-_REAP = """
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. 'job:' .. id
-  local status = redis.call('HGET', key, 'status')
-  if status ~= 'running' then
-    redis.call('SREM', KEYS[1], id)
-  else
-    local w = redis.call('HGET', key, 'worker')
-    local expiry = false
-    if w then expiry = redis.call('ZSCORE', KEYS[2], w) end
-    if (not expiry) or tonumber(expiry) < now then
-      redis.call('SREM', KEYS[1], id)
-      local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
-      if attempts >= tonumber(ARGV[2]) then
-        redis.call('HSET', key, 'status', 'failed', 'error', ARGV[4], 'updated_at', ARGV[3],
-                   'finished_at', ARGV[3], 'worker', '')
-        redis.call('DEL', key .. ':image')
-        table.insert(out, {id, 'failed'})
-      else
-        redis.call('HSET', key, 'status', 'queued', 'updated_at', ARGV[3], 'worker', '')
-        redis.call('HDEL', key, 'progress')
-        redis.call('ZADD', KEYS[3], 0, id)
-        table.insert(out, {id, 'queued'})
-      end
-    end
-  end
-end
-return out
-"""
-
-
 class JobStore:
     """Typed access to jobs, worker heartbeats, rate limits and job statistics in Redis."""
 
@@ -255,12 +137,12 @@ class JobStore:
         self.client = client
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self._transition = client.register_script(_TRANSITION)
-        self._claim = client.register_script(_CLAIM)
-        self._claim_queued = client.register_script(_CLAIM_QUEUED)
-        self._heartbeat = client.register_script(_HEARTBEAT)
-        self._live = client.register_script(_LIVE_WORKERS)
-        self._reap = client.register_script(_REAP)
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._claim_queued = client.register_script(scripts.CLAIM_QUEUED)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._live = client.register_script(scripts.LIVE_WORKERS)
+        self._reap = client.register_script(scripts.REAP)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int, prefix: str = "metahmr:") -> JobStore:
@@ -634,68 +516,19 @@ def _record(job_id: str, raw: dict[str, str]) -> JobRecord:
     )
 
 
-# --- job-scoped logging -----------------------------------------------------------------------
-# The job id lives in a context variable: set it around the work for one job (`job_context`),
-# and every log record emitted meanwhile, in any module, carries it.
-
-current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "metahmr_job_id", default=None
-)
-
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-@contextlib.contextmanager
-def job_context(job_id: str) -> Iterator[None]:
-    token = current_job_id.set(job_id)
-    try:
-        yield
-    finally:
-        current_job_id.reset(token)
-
-
-class JobIdFilter(logging.Filter):
-    """Adds `job_id` to every record (None outside a job)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "job_id", None) is None:
-            record.job_id = current_job_id.get()
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, job_id, extra fields, exc."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        job_id = getattr(record, "job_id", None)
-        if job_id is not None:
-            entry["job_id"] = job_id
-        for key, value in vars(record).items():
-            if key not in _RESERVED and key != "job_id" and not key.startswith("_"):
-                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """Route the root logger to stderr, as JSON lines (or plain text for humans)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(JobIdFilter())
-    if json_lines:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(job_id)s] %(message)s")
+def require_redis_url(url: str | None) -> str:
+    """The Redis URL, or an error that says how to get one (API and worker settings)."""
+    if not url:
+        raise RuntimeError(
+            "METAHMR_REDIS_URL is not set: run `metahmr serve` (it starts an embedded "
+            "Redis) or point METAHMR_REDIS_URL at a Redis server, e.g. redis://localhost:6379/0"
         )
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    return url
+
+
+def celery_broker_url(url: str | None) -> str:
+    """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
+    url = require_redis_url(url)
+    if url.startswith("unix://"):
+        return "redis+socket://" + url[len("unix://") :]
+    return url
