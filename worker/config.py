@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.jobs.store import celery_broker_url, require_redis_url
+from service.jobs.store import celery_broker_url, check_redis_url, require_redis_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -80,13 +80,7 @@ class WorkerSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"METAHMR_REDIS_URL={value!r} must start with redis://, rediss:// or unix://"
-            )
-        return value
+        return check_redis_url(value)
 
     @field_validator("log_level")
     @classmethod

@@ -516,6 +516,16 @@ def _record(job_id: str, raw: dict[str, str]) -> JobRecord:
     )
 
 
+def check_redis_url(value: str | None) -> str | None:
+    """A METAHMR_REDIS_URL setting as given (None when unset), or a ValueError that says what
+    a Redis URL looks like (API and worker settings)."""
+    if value is None or value == "":
+        return None
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"METAHMR_REDIS_URL={value!r} must start with redis://, rediss:// or unix://")
+    return value
+
+
 def require_redis_url(url: str | None) -> str:
     """The Redis URL, or an error that says how to get one (API and worker settings)."""
     if not url:
