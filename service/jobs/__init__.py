@@ -1,5 +1,6 @@
-"""The Redis job store (`store`) and job-scoped logging (`logs`): what the API and the
-workers share, and the only part of the service a worker imports besides the contract.
+"""The Redis job store (`store`, its Lua `scripts`), job-scoped logging (`logs`) and the
+settings they need (`settings`): what the API and the workers share, and the only part of the
+service a worker imports besides the contract.
 
 Everything is re-exported here, so ``from service.jobs import JobStore, job_context`` works.
 """
@@ -11,6 +12,7 @@ from service.jobs.logs import (
     current_job_id,
     job_context,
 )
+from service.jobs.settings import LOG_LEVELS, JobStoreSettings
 from service.jobs.store import (
     DURATION_BUCKETS_S,
     FILE_MEDIA_TYPES,
@@ -26,14 +28,13 @@ from service.jobs.store import (
     JobStore,
     LeaseLost,
     Progress,
-    celery_broker_url,
-    check_redis_url,
     is_job_id,
     now_iso,
-    require_redis_url,
 )
 
 __all__ = [
+    "LOG_LEVELS",
+    "JobStoreSettings",
     "DURATION_BUCKETS_S",
     "FILE_MEDIA_TYPES",
     "FILE_NAMES",
@@ -50,12 +51,9 @@ __all__ = [
     "Progress",
     "RECOVER_TASK",
     "TTO_STEP_BUCKETS",
-    "celery_broker_url",
-    "check_redis_url",
     "configure_logging",
     "current_job_id",
     "is_job_id",
     "job_context",
     "now_iso",
-    "require_redis_url",
 ]

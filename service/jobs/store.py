@@ -514,31 +514,3 @@ def _record(job_id: str, raw: dict[str, str]) -> JobRecord:
         started_at=raw.get("started_at") or None,
         finished_at=raw.get("finished_at") or None,
     )
-
-
-def check_redis_url(value: str | None) -> str | None:
-    """A METAHMR_REDIS_URL setting as given (None when unset), or a ValueError that says what
-    a Redis URL looks like (API and worker settings)."""
-    if value is None or value == "":
-        return None
-    if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"METAHMR_REDIS_URL={value!r} must start with redis://, rediss:// or unix://")
-    return value
-
-
-def require_redis_url(url: str | None) -> str:
-    """The Redis URL, or an error that says how to get one (API and worker settings)."""
-    if not url:
-        raise RuntimeError(
-            "METAHMR_REDIS_URL is not set: run `metahmr serve` (it starts an embedded "
-            "Redis) or point METAHMR_REDIS_URL at a Redis server, e.g. redis://localhost:6379/0"
-        )
-    return url
-
-
-def celery_broker_url(url: str | None) -> str:
-    """The Celery broker URL for the same Redis (kombu spells unix sockets differently)."""
-    url = require_redis_url(url)
-    if url.startswith("unix://"):
-        return "redis+socket://" + url[len("unix://") :]
-    return url
