@@ -49,7 +49,7 @@ def bench_model(
     from model.checkpoint import load_checkpoint
     from model.crop import box_from_xyxy
     from model.export import export_checkpoint
-    from model.outputs import CropInfo, RegressorOutput, SMPLParams
+    from model.outputs import CropInfo, RegressorOutput
     from model.tto import TTOInputs, compile_failure, fit, warm_up
     from worker.runtime import OnnxGraph
 
@@ -110,9 +110,7 @@ def bench_model(
     outs = heads(found)
     features = torch.from_numpy(outs["f_w"])
     raw = outs["f_u_out"]
-    rot = torch.from_numpy(raw["rotmat"])
-    aux = RegressorOutput(SMPLParams(rot[:, :1], rot[:, 1:], torch.from_numpy(raw["betas"])),
-                          torch.from_numpy(raw["crop_cam"]))
+    aux = RegressorOutput.from_numpy(raw["rotmat"], raw["betas"], raw["crop_cam"])
     keypoints = torch.from_numpy(coco17_keypoints(found))
     inputs = TTOInputs(keypoints, crop, features=features)
     f_w = ckpt.build_f_w("cpu")
