@@ -273,7 +273,7 @@ def run_benchmark(config: BenchConfig, settings: Settings | None = None) -> dict
         "image": {"file": config.image.name, **result.get("image", {})},
         "people": len(result.get("people") or []),
         "keypoints_sent": config.keypoints is not None,
-        "timings_ms": {k: v for k, v in (result.get("timings_ms") or {}).items()},
+        "timings_ms": dict(result.get("timings_ms") or {}),
         "tto_steps_run": [
             (p.get("fit") or {}).get("steps_run") for p in result.get("people") or []
         ],

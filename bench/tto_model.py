@@ -4,9 +4,9 @@ The paper-sized rows of `bench.tto` time random ResNet regressors; this times wh
 worker runs for a BlazePose model (the shipped default unless `--model` says otherwise), on
 a real photograph-sized image:
 
-- forward_ms: BlazePose's person detector on the image, its landmark network on the person
-  found, the head input vector, and the ONNX graphs of f_w and f_u (encoder + head), one
-  person, as `worker.inference` chains them;
+- forward_ms: the worker's own stages up to the TTO (`worker.stages`: BlazePose's person
+  detector on the image and its landmark network on everyone found, the crops, the ONNX
+  graphs of f_w and f_u, encoder + head);
 - of which detector_ms, landmarks_ms and heads_ms;
 - head_tto_ms / head_tto_compiled_ms: `model.tto.fit` with the checkpoint's TTO schedule,
   step 0 + 14 Adam steps (early stop off), eager and with compiled steps.
@@ -45,13 +45,15 @@ def bench_model(
     """Forward (BlazePose + heads) and head TTO of one person of `image_path` (see module);
     compiled=False skips the compiled TTO (its first compile takes minutes on a cold cache)."""
     from model.backbones import is_landmark_backbone, landmark_variant
-    from model.blazepose import BlazePose, coco17_keypoints, head_features, landmark_boxes
+    from model.blazepose import BlazePose
     from model.checkpoint import load_checkpoint
-    from model.crop import box_from_xyxy
     from model.export import export_checkpoint
-    from model.outputs import CropInfo, RegressorOutput
     from model.tto import TTOInputs, compile_failure, fit, warm_up
-    from worker.runtime import OnnxGraph
+    from worker.config import WorkerSettings
+    from worker.runtime import load_model
+    from worker.stages.keypoints import fit_keypoints
+    from worker.stages.people import find_people, make_crops
+    from worker.stages.regress import regress
 
     ckpt = load_checkpoint(checkpoint)
     name = ckpt.regressor_config.backbone.name
@@ -60,43 +62,23 @@ def bench_model(
     variant = landmark_variant(name)
     image = np.asarray(Image.open(image_path).convert("RGB"))
     height, width = image.shape[:2]
+    focal = float(np.hypot(width, height))
     blazepose = BlazePose(variant, threads=settings.threads)
     with tempfile.TemporaryDirectory() as tmp:
         export_checkpoint(ckpt, tmp)
-        # The worker's own sessions (`worker.runtime.OnnxGraph`: no spin-waiting threads,
-        # which would slow BlazePose's LiteRT run that follows each ONNX call).
-        graphs = {
-            name: OnnxGraph(Path(tmp) / f"{name}.onnx", "cpu", settings.threads)
-            for name in ("f_w_backbone", "f_w_head", "f_u_backbone", "f_u_head")
-        }
+        model = load_model(Path(tmp), WorkerSettings(onnx_threads=settings.threads))
 
-    found = blazepose.find_people(image, 1)
-    if len(found.score) == 0:
-        raise RuntimeError(f"BlazePose found nobody in {image_path}")
-    roi = found.roi
-    box = landmark_boxes(found, (height, width))[0]
-    center, size = box_from_xyxy(box)
-    focal = float(np.hypot(width, height))
-    crop = CropInfo.from_boxes(
-        torch.tensor(np.array([center]), dtype=torch.float32),
-        torch.tensor(np.array([size]), dtype=torch.float32),
-        torch.tensor([[height, width]], dtype=torch.float32), torch.tensor([focal]),
-    )
-    info = crop.bbox_info().numpy()
+    def forward() -> tuple[Any, ...]:
+        """The worker's stages up to the TTO's inputs (`worker.inference.OnnxPipeline`)."""
+        people, landmarks = find_people(image, [], blazepose)
+        crops = make_crops(image, people, focal, model.crop_hw)
+        features, _, aux = regress(model, crops, [landmarks])
+        return people, crops, landmarks, features, aux
 
-    def heads(lm: Any) -> dict[str, Any]:
-        vector = head_features(lm, np.array([center]), np.array([size]))
-        out: dict[str, Any] = {}
-        for net in ("f_w", "f_u"):
-            features = graphs[f"{net}_backbone"](blazepose=vector)["features"]
-            out[net] = features
-            out[f"{net}_out"] = graphs[f"{net}_head"](features=features, bbox_info=info)
-        return out
-
-    def forward() -> None:
-        lm = blazepose.find_people(image, 1)
-        heads(lm)
-
+    people, crops, landmarks, features, aux = forward()
+    if landmarks is None or len(people) != 1:  # per-person figures need exactly one
+        found = 0 if landmarks is None else len(people)
+        raise RuntimeError(f"BlazePose found {found} people in {image_path}; the bench needs one")
     shown = Path(checkpoint).resolve()
     with contextlib.suppress(ValueError):  # inside the repository: say where, not whose disk
         shown = shown.relative_to(EXAMPLE_IMAGE.parents[2])
@@ -104,15 +86,11 @@ def bench_model(
     result["image"] = f"{image_path.name} {width}x{height}"
     result["forward_ms"] = _median_ms(forward, settings.repeats)
     result["detector_ms"] = _median_ms(lambda: blazepose.detect_people(image), settings.repeats)
-    result["landmarks_ms"] = _median_ms(lambda: blazepose.landmarks(image, roi), settings.repeats)
-    result["heads_ms"] = _median_ms(lambda: heads(found), settings.repeats)
+    result["landmarks_ms"] = _median_ms(lambda: blazepose.landmarks(image, landmarks.roi), settings.repeats)
+    result["heads_ms"] = _median_ms(lambda: regress(model, crops, [landmarks]), settings.repeats)
 
-    outs = heads(found)
-    features = torch.from_numpy(outs["f_w"])
-    raw = outs["f_u_out"]
-    aux = RegressorOutput.from_numpy(raw["rotmat"], raw["betas"], raw["crop_cam"])
-    keypoints = torch.from_numpy(coco17_keypoints(found))
-    inputs = TTOInputs(keypoints, crop, features=features)
+    keypoints, _ = fit_keypoints(image, people, crops, model, landmarks)
+    inputs = TTOInputs(torch.from_numpy(keypoints), crops.crop, features=torch.from_numpy(features))
     f_w = ckpt.build_f_w("cpu")
     base = replace(ckpt.tto, steps=STEPS, early_stop=0.0, compile=False, num_threads=None)
     result["tto"] = {"subset": base.head_subset, "sgd_lr": base.sgd_lr, "adam_lr": base.adam_lr}
@@ -155,10 +133,10 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         f"{m['note'].capitalize()}.",
         "",
         f"The request path of `{r['model']}` on `{r['image']}`, one person: forward = "
-        "BlazePose's person detector on the image + its landmark network on the person + "
-        "the ONNX graphs of f_w and f_u (encoder over BlazePose's outputs, head; the worker's "
-        "sessions); the "
-        "detector, landmark and graph columns time each part alone. Head TTO = "
+        "the worker's own stages up to the TTO (`worker.stages`: BlazePose's person detector "
+        "on the image, its landmark network on the person, the crop, the ONNX graphs of f_w "
+        "and f_u, encoder over BlazePose's outputs + head); the detector, landmark and graph "
+        "columns time each part alone. Head TTO = "
         f"`model.tto.fit` with the checkpoint's schedule (`{t['subset']}` head weights, "
         f"step-0 SGD {t['sgd_lr']:g}, Adam {t['adam_lr']:g}), step 0 + {STEPS} Adam steps, "
         f"early stop off; compiled = `TTO_COMPILE=1`, {compile_note}.",

@@ -220,10 +220,10 @@ class LandmarkEncoder(nn.Module):
             raise ValueError(f"blocks must be >= 0, got {blocks}")
         self.out_channels = width
         self.noise = noise
-        self.net = nn.Sequential(
-            nn.Linear(dim_in, width), nn.ReLU(inplace=True), nn.Linear(width, width),
-            nn.ReLU(inplace=True),
-        ) if blocks == 0 else nn.Sequential(nn.Linear(dim_in, width), nn.ReLU(inplace=True))  # fmt: skip
+        layers: list[nn.Module] = [nn.Linear(dim_in, width), nn.ReLU(inplace=True)]
+        if blocks == 0:  # the first models' second layer (saved as `net.2`)
+            layers += [nn.Linear(width, width), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
         self.blocks = nn.ModuleList(_ResidualBlock(width) for _ in range(blocks))
 
     def forward(self, x: Tensor) -> Tensor:
