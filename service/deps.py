@@ -7,6 +7,7 @@ decoding the image.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from starlette.datastructures import UploadFile
 
 from service.config import Settings
 from service.contract import RecoverOptions, format_validation_error
-from service.jobs import JobStore
+from service.jobs import JobRecord, JobStore
 from service.metrics import ApiMetrics
 from service.queue import TaskQueue
 from service.schemas import check_against_image
@@ -62,13 +63,35 @@ StateDep = Annotated[AppState, Depends(get_state)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling. `owner`: a keyed hash of its API key (None when no keys are
+    configured), stored with the jobs it creates and compared on every read of them; never
+    the key itself. `rate_key`: what its submissions are counted by."""
+
+    owner: str | None
+    rate_key: str
+
+    def may_see(self, record: JobRecord) -> bool:
+        """A job with an owner is its owner's alone; one created without keys is anyone's."""
+        if record.owner is None:
+            return True
+        return self.owner is not None and hmac.compare_digest(self.owner, record.owner)
+
+
+def owner_id(api_key: str, salt: bytes) -> str:
+    """A stable id of an API key that does not reveal it: HMAC-SHA256 keyed by the store's
+    random salt, so even a short key cannot be found from a job record by hashing guesses."""
+    return "key:" + hmac.new(salt, api_key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def authenticate(
     state: StateDep, request: Request, api_key: Annotated[str | None, Depends(_api_key_header)]
-) -> str:
-    """The caller's identity: its API key when keys are configured, else its address."""
+) -> Caller:
+    """The caller: its key's owner id when keys are configured, else its address."""
     keys = state.settings.api_keys
     if not keys:
-        return f"addr:{request.client.host if request.client else 'unknown'}"
+        return Caller(None, f"addr:{request.client.host if request.client else 'unknown'}")
     if not api_key:
         raise ApiError(
             401,
@@ -80,17 +103,20 @@ def authenticate(
         raise ApiError(
             401, "bad_api_key", "the X-API-Key is not valid", {"WWW-Authenticate": "ApiKey"}
         )
-    return f"key:{api_key}"
+    owner = owner_id(api_key, state.store.owner_salt())
+    return Caller(owner, owner)
 
 
-CallerDep = Annotated[str, Depends(authenticate)]
+CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
-async def rate_limited(state: StateDep, caller: CallerDep) -> str:
+async def rate_limited(state: StateDep, caller: CallerDep) -> Caller:
     """Count a submission against the caller's per-minute budget (kept in Redis)."""
     limit = state.settings.rate_limit_per_min
     if limit > 0:
-        allowed, retry_after = await run_in_threadpool(state.store.hit_rate_limit, caller, limit)
+        allowed, retry_after = await run_in_threadpool(
+            state.store.hit_rate_limit, caller.rate_key, limit
+        )
         if not allowed:
             raise ApiError(
                 429,
@@ -105,6 +131,7 @@ async def rate_limited(state: StateDep, caller: CallerDep) -> str:
 class RecoverRequest:
     image: CheckedImage
     options: RecoverOptions
+    caller: Caller
 
 
 class _TooLarge(Exception):
@@ -171,7 +198,7 @@ def parse_options(raw: bytes | None) -> RecoverOptions:
 
 
 async def valid_recover_request(
-    request: Request, state: StateDep, _caller: Annotated[str, Depends(rate_limited)]
+    request: Request, state: StateDep, caller: Annotated[Caller, Depends(rate_limited)]
 ) -> RecoverRequest:
     """The checked image and options of POST /recover, or an ApiError."""
     limit = state.settings.max_upload_bytes + OPTIONS_MAX_BYTES
@@ -184,7 +211,7 @@ async def valid_recover_request(
         raise ApiError(exc.status, exc.code, exc.message) from exc
     except ValueError as exc:
         raise ApiError(422, "invalid_options", str(exc)) from exc
-    return RecoverRequest(image=image, options=options)
+    return RecoverRequest(image=image, options=options, caller=caller)
 
 
 RecoverDep = Annotated[RecoverRequest, Depends(valid_recover_request)]

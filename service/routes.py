@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ApiError, CallerDep, RecoverDep, StateDep
+from service.deps import ApiError, Caller, CallerDep, RecoverDep, StateDep
 from service.jobs import (
     FILE_MEDIA_TYPES,
     FILE_NAMES,
@@ -66,6 +66,7 @@ async def recover(state: StateDep, submission: RecoverDep, response: Response) -
         submission.image.data,
         submission.options.to_job(),
         submission.image.meta(),
+        submission.caller.owner,
     )
     with job_context(record.job_id):
         try:
@@ -86,8 +87,8 @@ async def recover(state: StateDep, submission: RecoverDep, response: Response) -
 @router.get(
     "/jobs/{job_id}", response_model=JobView, responses=_ERRORS, summary="Job status and result"
 )
-async def get_job(job_id: str, state: StateDep, _caller: CallerDep) -> JSONResponse:
-    return JSONResponse(job_view(await _load(state, job_id)))
+async def get_job(job_id: str, state: StateDep, caller: CallerDep) -> JSONResponse:
+    return JSONResponse(job_view(await _load(state, job_id, caller)))
 
 
 @router.get(
@@ -96,10 +97,10 @@ async def get_job(job_id: str, state: StateDep, _caller: CallerDep) -> JSONRespo
     response_class=Response,
     summary="A result file: mesh.obj, mesh.glb or overlay.png",
 )
-async def get_file(job_id: str, name: str, state: StateDep, _caller: CallerDep) -> Response:
+async def get_file(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
     if name not in FILE_NAMES:
         raise ApiError(404, "not_found", f"no file {name!r}; files are {', '.join(FILE_NAMES)}")
-    record = await _load(state, job_id)
+    record = await _load(state, job_id, caller)
     if not record.status.is_final:
         raise ApiError(
             409, "not_finished", f"job is {record.status}; files appear when it succeeds"
@@ -118,12 +119,12 @@ async def get_file(job_id: str, name: str, state: StateDep, _caller: CallerDep) 
     responses={**_ERRORS, 200: {"model": JobView}, 204: {"description": "deleted"}},
     summary="Cancel a pending job, or delete a finished one and its files",
 )
-async def delete_job(job_id: str, state: StateDep, _caller: CallerDep) -> Response:
-    record = await _load(state, job_id)
+async def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Response:
+    record = await _load(state, job_id, caller)
     if not record.status.is_final:
         canceled, _ = await run_in_threadpool(state.store.cancel, job_id)
         if canceled:
-            fresh = await _load(state, job_id)
+            fresh = await _load(state, job_id, caller)
             return JSONResponse(job_view(fresh))
     await run_in_threadpool(state.store.delete, job_id)
     return Response(status_code=204)
@@ -154,9 +155,11 @@ async def metrics(state: StateDep) -> Response:
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)
 
 
-async def _load(state: StateDep, job_id: str) -> JobRecord:
+async def _load(state: StateDep, job_id: str, caller: Caller) -> JobRecord:
+    """The job, if it exists and the caller may see it. Another key's job answers exactly as
+    a missing one does, so that a 404 does not confirm that an id exists."""
     record = await run_in_threadpool(state.store.get, job_id) if is_job_id(job_id) else None
-    if record is None:
+    if record is None or not caller.may_see(record):
         raise ApiError(404, "job_not_found", f"no job {job_id!r} (unknown or expired)")
     return record
 

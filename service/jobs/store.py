@@ -3,7 +3,8 @@
 Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 
 - ``job:{id}`` hash: status, created_at, updated_at, options, image (meta), progress,
-  result, error (JSON), attempts, worker, files (JSON list), started_at, finished_at.
+  result, error (JSON), attempts, worker, files (JSON list), started_at, finished_at, owner
+  (a keyed hash of the API key that created it; absent when no keys were configured).
 - ``job:{id}:image`` the uploaded bytes; ``job:{id}:file:{name}`` result files.
   All of a job's keys expire after ``ttl_s``; the image is dropped once the job has finished.
 - ``running`` set of job ids in state running (the reaper's work list).
@@ -12,6 +13,7 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
   Kept with every status change; an id whose job expired while queued is dropped when seen.
 - ``workers`` sorted set: worker id -> time (Redis clock) its heartbeat expires.
 - ``rate:{who}:{minute}`` submission counters; ``stats:*`` hashes behind /metrics.
+- ``owner_salt``: the random key of the owner hashes, made once by the first API to need it.
 
 Status changes run as Lua scripts (`service.jobs.scripts`), so a check and its write are one
 atomic step: a job goes queued -> running -> succeeded | failed | canceled, running -> queued
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -92,6 +95,7 @@ class JobRecord:
     files: tuple[str, ...] = ()
     started_at: str | None = None
     finished_at: str | None = None
+    owner: str | None = None  # who may see the job (see `JobStore.owner_salt`); None: anyone
 
 
 @dataclass(frozen=True)
@@ -173,9 +177,14 @@ class JobStore:
 
     # -- jobs -------------------------------------------------------------------------------
     def create(
-        self, image: bytes, options: Mapping[str, Any], image_meta: Mapping[str, Any]
+        self,
+        image: bytes,
+        options: Mapping[str, Any],
+        image_meta: Mapping[str, Any],
+        owner: str | None = None,
     ) -> JobRecord:
-        """Store a new queued job and its image (same TTL); returns the record."""
+        """Store a new queued job and its image (same TTL); returns the record. `owner`: the
+        caller's id (never an API key itself), or None for a job anyone may read."""
         job_id = str(uuid.uuid4())
         stamp = now_iso()
         fields: dict[Any, Any] = {
@@ -186,6 +195,8 @@ class JobStore:
             "image": json.dumps(dict(image_meta)),
             "attempts": 0,
         }
+        if owner:
+            fields["owner"] = owner
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self._job(job_id), mapping=fields)
         pipe.expire(self._job(job_id), self.ttl_s)
@@ -199,7 +210,18 @@ class JobStore:
             updated_at=stamp,
             options=dict(options),
             image=dict(image_meta),
+            owner=owner or None,
         )
+
+    def owner_salt(self) -> bytes:
+        """The random key of the owner hashes, the same for every API replica on this Redis:
+        made by the first caller (SET NX), read by all. Read on every use rather than cached,
+        so that replicas cannot disagree after Redis lost its data."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(f"{self.prefix}owner_salt", secrets.token_hex(32), nx=True)
+        pipe.get(f"{self.prefix}owner_salt")
+        _, salt = pipe.execute()
+        return bytes(salt)
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.client.hgetall(self._job(job_id))
@@ -513,4 +535,5 @@ def _record(job_id: str, raw: dict[str, str]) -> JobRecord:
         files=tuple(load("files") or ()),
         started_at=raw.get("started_at") or None,
         finished_at=raw.get("finished_at") or None,
+        owner=raw.get("owner") or None,
     )

@@ -152,7 +152,9 @@ def test_api_keys_are_required_when_configured(
             == 401
         )
     job = _submit(client, make_image(), **{"X-API-Key": "secret-2"})
-    assert client.get(job["links"]["self"], headers={"X-API-Key": "secret-1"}).status_code == 200
+    assert client.get(job["links"]["self"], headers={"X-API-Key": "secret-2"}).status_code == 200
+    # Another key's job: 404 (test_ownership.py).
+    assert client.get(job["links"]["self"], headers={"X-API-Key": "secret-1"}).status_code == 404
     assert client.get("/healthz").status_code == 200  # probes need no key
 
 
