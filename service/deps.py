@@ -187,6 +187,10 @@ def parse_options(raw: bytes | None) -> RecoverOptions:
         return RecoverOptions()
     try:
         data = json.loads(raw)
+    except RecursionError as exc:  # `[[[[...` thousands deep: the parser's stack guard
+        raise ApiError(
+            400, "bad_options", "'options' is nested too deeply to be valid options"
+        ) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_options", f"'options' is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -1,0 +1,70 @@
+"""Inputs that used to get past the API (issue 14 items 3, 5 and 11): each is refused at the
+edge with a 4xx JSON error, through a real uvicorn server, before a job exists."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from service.config import Settings
+from service.jobs import JobStore
+from service.main import create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def http(settings: Settings) -> Iterator[httpx.Client]:
+    """An HTTP client of the app behind a real uvicorn server."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _post(
+    http: httpx.Client, image: bytes, options: str | None = None, **fields: str
+) -> httpx.Response:
+    data = ({"options": options} if options is not None else {}) | fields
+    return http.post("/recover", files={"image": ("p.png", image, "image/png")}, data=data)
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"] == "application/json"
+    return response.json()["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_deeply_nested_options_get_a_400(
+    http: httpx.Client, store: JobStore, make_image: Callable[..., bytes], depth: int
+) -> None:
+    for options in ("[" * depth, '{"people": ' + "[" * depth, '{"people": [' + '{"a": ' * depth):
+        response = _post(http, make_image(), options)
+        assert response.status_code == 400
+        error = _error(response)
+        assert error["code"] == "bad_options" and "nested too deeply" in error["message"]
+    assert store.queued_jobs() == []
+    # The server is still serving.
+    assert _post(http, make_image(), json.dumps({"tto": {"steps": 1}})).status_code == 202
