@@ -29,6 +29,13 @@ from service.uploads import CheckedImage, ImageLimits, UploadError, check_image
 
 # Room for the `options` part and multipart framing on top of the image limit.
 OPTIONS_MAX_BYTES = 1024 * 1024
+FORM_PARTS = ("image", "options")
+FORM_MAX_PARTS = 8
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """`text` for an error message: a client's long string is cut, never echoed in full."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ApiError(Exception):
@@ -161,8 +168,9 @@ async def _read_form(request: Request, limit: int) -> tuple[bytes, bytes | None]
         return message
 
     try:
+        # A few parts more than the two we read, so that unknown ones can be named.
         form = await Request(request.scope, receive).form(
-            max_files=2, max_fields=2, max_part_size=OPTIONS_MAX_BYTES
+            max_files=FORM_MAX_PARTS, max_fields=FORM_MAX_PARTS, max_part_size=OPTIONS_MAX_BYTES
         )
     except _TooLarge as exc:
         raise ApiError(413, "upload_too_large", f"request body exceeds {limit} bytes") from exc
@@ -170,6 +178,7 @@ async def _read_form(request: Request, limit: int) -> tuple[bytes, bytes | None]
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise ApiError(400, "missing_image", "the request has no 'image' file part")
+        _check_parts(form.multi_items())
         options = form.get("options")
         options_bytes = (
             await options.read()
@@ -179,6 +188,27 @@ async def _read_form(request: Request, limit: int) -> tuple[bytes, bytes | None]
         return await image.read(), options_bytes
     finally:
         await form.close()
+
+
+def _check_parts(items: list[tuple[str, str | UploadFile]]) -> None:
+    """422 for form parts other than one `image` and at most one `options`: a misspelt
+    part would otherwise be ignored without a word."""
+    names = [name for name, _ in items]
+    unknown = sorted({n for n in names if n not in FORM_PARTS})
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_form_fields",
+            f"unknown form fields {', '.join(repr(clip(n)) for n in unknown)}; "
+            f"send only {' and '.join(repr(p) for p in FORM_PARTS)}",
+        )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ApiError(
+            422,
+            "repeated_form_fields",
+            f"form fields {', '.join(repr(n) for n in repeated)} were sent more than once",
+        )
 
 
 def parse_options(raw: bytes | None) -> RecoverOptions:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ApiError, Caller, CallerDep, RecoverDep, StateDep
+from service.deps import ApiError, Caller, CallerDep, RecoverDep, StateDep, clip
 from service.jobs import (
     FILE_MEDIA_TYPES,
     FILE_NAMES,
@@ -23,6 +23,7 @@ from service.schemas import ErrorBody, ErrorResponse, JobAccepted, JobView, Link
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+JOB_ID_LENGTH = 36
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 503)
@@ -99,7 +100,9 @@ async def get_job(job_id: str, state: StateDep, caller: CallerDep) -> JSONRespon
 )
 async def get_file(job_id: str, name: str, state: StateDep, caller: CallerDep) -> Response:
     if name not in FILE_NAMES:
-        raise ApiError(404, "not_found", f"no file {name!r}; files are {', '.join(FILE_NAMES)}")
+        raise ApiError(
+            404, "not_found", f"no file {clip(name)!r}; files are {', '.join(FILE_NAMES)}"
+        )
     record = await _load(state, job_id, caller)
     if not record.status.is_final:
         raise ApiError(
@@ -130,6 +133,20 @@ async def delete_job(job_id: str, state: StateDep, caller: CallerDep) -> Respons
     return Response(status_code=204)
 
 
+@router.api_route(
+    "/jobs/{job_id}", methods=["POST", "PUT", "PATCH", "HEAD", "OPTIONS"], include_in_schema=False
+)
+async def job_other_methods(request: Request) -> Response:
+    # Starlette answers a wrong method with the Allow of the first route that matched the
+    # path (GET alone); this one names both of the job's methods.
+    raise ApiError(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on /jobs/{{id}}; use GET or DELETE",
+        {"Allow": "GET, DELETE"},
+    )
+
+
 @router.get("/healthz", summary="The process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -158,9 +175,11 @@ async def metrics(state: StateDep) -> Response:
 async def _load(state: StateDep, job_id: str, caller: Caller) -> JobRecord:
     """The job, if it exists and the caller may see it. Another key's job answers exactly as
     a missing one does, so that a 404 does not confirm that an id exists."""
-    record = await run_in_threadpool(state.store.get, job_id) if is_job_id(job_id) else None
+    # A job id is a 36-character UUID: anything else is refused before parsing or Redis.
+    valid = len(job_id) == JOB_ID_LENGTH and is_job_id(job_id)
+    record = await run_in_threadpool(state.store.get, job_id) if valid else None
     if record is None or not caller.may_see(record):
-        raise ApiError(404, "job_not_found", f"no job {job_id!r} (unknown or expired)")
+        raise ApiError(404, "job_not_found", f"no job {clip(job_id)!r} (unknown or expired)")
     return record
 
 

@@ -68,3 +68,45 @@ def test_deeply_nested_options_get_a_400(
     assert store.queued_jobs() == []
     # The server is still serving.
     assert _post(http, make_image(), json.dumps({"tto": {"steps": 1}})).status_code == 202
+
+
+def test_wrong_method_on_a_job_lists_get_and_delete(http: httpx.Client) -> None:
+    job = "/jobs/00000000-0000-4000-8000-000000000000"
+    for method in ("PUT", "PATCH", "POST"):
+        response = http.request(method, job)
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET, DELETE"
+        assert _error(response)["code"] == "method_not_allowed"
+    assert http.request("HEAD", job).headers["allow"] == "GET, DELETE"
+    assert http.put(f"{job}/mesh.obj").headers["allow"] == "GET"
+
+
+def test_unknown_or_repeated_form_fields_are_named(
+    http: httpx.Client, store: JobStore, make_image: Callable[..., bytes]
+) -> None:
+    response = _post(http, make_image(), "{}", optoins='{"tto": {"steps": 1}}', extra="1")
+    assert response.status_code == 422
+    error = _error(response)
+    assert error["code"] == "unknown_form_fields"
+    assert "'extra'" in error["message"] and "'optoins'" in error["message"]
+    long_name = "x" * 1_000
+    response = _post(http, make_image(), **{long_name: "1"})
+    assert response.status_code == 422 and len(_error(response)["message"]) < 300
+    twice = http.post(
+        "/recover",
+        files=[("image", ("a.png", make_image(), "image/png")), ("image", ("b.png", make_image()))],
+    )
+    assert twice.status_code == 422 and _error(twice)["code"] == "repeated_form_fields"
+    assert store.queued_jobs() == []
+
+
+@pytest.mark.parametrize("job_id", ["x" * 8_000, "00000000-0000-4000-8000-00000000000" + "0" * 100])
+def test_long_job_ids_are_not_echoed(http: httpx.Client, job_id: str) -> None:
+    for response in (http.get(f"/jobs/{job_id}"), http.delete(f"/jobs/{job_id}")):
+        assert response.status_code == 404
+        error = _error(response)
+        assert error["code"] == "job_not_found"
+        assert len(error["message"]) < 200 and f"{len(job_id)} characters" in error["message"]
+    name = "m" * 5_000
+    response = http.get(f"/jobs/00000000-0000-4000-8000-000000000000/{name}")
+    assert response.status_code == 404 and len(_error(response)["message"]) < 200
