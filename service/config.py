@@ -23,6 +23,8 @@ class Settings(JobStoreSettings):
     max_image_side: int = Field(default=20_000, ge=1)
     # Empty: no authentication. Comma-separated or a JSON list in METAHMR_API_KEYS.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # /metrics without a key even when keys are set (it always is open without keys).
+    metrics_public: bool = False
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
     rate_limit_per_min: int = Field(default=60, ge=0)
     max_people: int = Field(default=16, ge=1)

@@ -96,9 +96,15 @@ def authenticate(
     state: StateDep, request: Request, api_key: Annotated[str | None, Depends(_api_key_header)]
 ) -> Caller:
     """The caller: its key's owner id when keys are configured, else its address."""
-    keys = state.settings.api_keys
-    if not keys:
+    if not state.settings.api_keys:
         return Caller(None, f"addr:{request.client.host if request.client else 'unknown'}")
+    key = check_api_key(state.settings.api_keys, api_key)
+    owner = owner_id(key, state.store.owner_salt())
+    return Caller(owner, owner)
+
+
+def check_api_key(keys: list[str], api_key: str | None) -> str:
+    """`api_key` if it is one of `keys`, else a 401."""
     if not api_key:
         raise ApiError(
             401,
@@ -110,11 +116,23 @@ def authenticate(
         raise ApiError(
             401, "bad_api_key", "the X-API-Key is not valid", {"WWW-Authenticate": "ApiKey"}
         )
-    owner = owner_id(api_key, state.store.owner_salt())
-    return Caller(owner, owner)
+    return api_key
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def metrics_reader(
+    state: StateDep, api_key: Annotated[str | None, Depends(_api_key_header)]
+) -> None:
+    """/metrics wants a valid key when keys are set, unless the operator opened it
+    (METAHMR_METRICS_PUBLIC, e.g. for a scraper on a private network). No Redis: a scrape
+    must work while the store is down."""
+    if state.settings.api_keys and not state.settings.metrics_public:
+        check_api_key(state.settings.api_keys, api_key)
+
+
+MetricsReaderDep = Annotated[None, Depends(metrics_reader)]
 
 
 async def rate_limited(state: StateDep, caller: CallerDep) -> Caller:

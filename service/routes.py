@@ -10,7 +10,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ApiError, Caller, CallerDep, RecoverDep, StateDep, clip
+from service.deps import (
+    ApiError,
+    Caller,
+    CallerDep,
+    MetricsReaderDep,
+    RecoverDep,
+    StateDep,
+    clip,
+)
 from service.jobs import (
     FILE_MEDIA_TYPES,
     FILE_NAMES,
@@ -160,14 +168,21 @@ async def readyz(state: StateDep) -> dict[str, Any]:
         await run_in_threadpool(state.store.ping)
         workers = await run_in_threadpool(state.store.live_workers)
     except Exception as exc:
-        raise ApiError(503, "store_unavailable", f"Redis is unreachable: {exc}") from exc
+        # The error names Redis's host, port or socket path: for the logs, not for callers.
+        log.error("readiness: Redis is unreachable: %s", exc)
+        raise ApiError(503, "store_unavailable", "the job store is unreachable") from exc
     if workers < 1:
         raise ApiError(503, "no_worker", "no worker has sent a heartbeat recently")
     return {"status": "ready", "workers": workers}
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(state: StateDep) -> Response:
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={401: {"model": ErrorResponse}},
+    summary="Prometheus metrics (X-API-Key when keys are set, unless METAHMR_METRICS_PUBLIC)",
+)
+async def metrics(state: StateDep, _reader: MetricsReaderDep) -> Response:
     body = await run_in_threadpool(generate_latest, state.metrics.registry)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST)
 

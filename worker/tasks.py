@@ -53,6 +53,10 @@ from worker.pipeline import (
 )
 
 log = logging.getLogger(__name__)
+PIPELINE_ERROR_MESSAGE = (
+    "the pipeline failed on this input with an internal error (logged by the worker under "
+    "this job's id); submit it again, and report the job id if it fails again"
+)
 
 BATCH_POLL_S = 0.01  # how often a batch waiting for jobs (METAHMR_BATCH_WAIT_MS) looks again
 
@@ -322,12 +326,13 @@ def _settle(
             ctx,
             job_id,
             "timeout",
-            f"the job took longer than "
-            f"{ctx.settings.job_soft_time_limit_s:g} s ({type(exc).__name__})",
+            f"the job took longer than {ctx.settings.job_soft_time_limit_s:g} s; "
+            "send a smaller image, fewer people or fewer TTO steps",
         )
     except Exception as exc:
         log.error("pipeline error", exc_info=exc)
-        status = _fail(ctx, job_id, "pipeline_error", f"{type(exc).__name__}: {exc}")
+        # The exception is for the logs (above); the caller gets what it can act on.
+        status = _fail(ctx, job_id, "pipeline_error", PIPELINE_ERROR_MESSAGE)
     if status is not None and status.is_final:
         store.record_finished(status, time.perf_counter() - start, tto_steps)
     log.info("job finished: %s", status)
