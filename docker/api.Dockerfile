@@ -22,4 +22,4 @@ ENV METAHMR_REDIS_URL=redis://redis:6379/0
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-CMD ["uvicorn", "--factory", "service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "--factory", "service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -6,6 +6,7 @@ that a bad value stops the process with a message instead of failing on the firs
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -25,13 +26,16 @@ class Settings(JobStoreSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # /metrics without a key even when keys are set (it always is open without keys).
     metrics_public: bool = False
+    # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client
+    # for the per-address rate limit; empty: trust none, the peer address counts.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
     rate_limit_per_min: int = Field(default=60, ge=0)
     max_people: int = Field(default=16, ge=1)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -41,6 +45,18 @@ class Settings(JobStoreSettings):
 
                 return json.loads(text)
             return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"METAHMR_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+                ) from exc
         return value
 
     @model_validator(mode="after")

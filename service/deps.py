@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -97,10 +99,41 @@ def authenticate(
 ) -> Caller:
     """The caller: its key's owner id when keys are configured, else its address."""
     if not state.settings.api_keys:
-        return Caller(None, f"addr:{request.client.host if request.client else 'unknown'}")
+        return Caller(None, f"addr:{client_address(request, state.settings.trusted_proxies)}")
     key = check_api_key(state.settings.api_keys, api_key)
     owner = owner_id(key, state.store.owner_salt())
     return Caller(owner, owner)
+
+
+def client_address(request: Request, trusted_proxies: Sequence[str]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the
+    nearest X-Forwarded-For hop that is not one. Untrusted peers cannot choose their
+    address (and so their rate-limit budget) by sending the header. The server must not
+    rewrite the peer itself (`metahmr serve` runs uvicorn without proxy headers)."""
+    peer = request.client.host if request.client else "unknown"
+    networks = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+    if not _within(peer, networks):
+        return peer
+    hops = [
+        hop.strip()
+        for header in request.headers.getlist("x-forwarded-for")
+        for hop in header.split(",")
+        if hop.strip()
+    ]
+    for hop in reversed(hops):
+        if not _within(hop, networks):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _within(
+    address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def check_api_key(keys: list[str], api_key: str | None) -> str:

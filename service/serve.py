@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -127,9 +128,7 @@ class LocalStack:
 
         from service.main import create_app
 
-        config = uvicorn.Config(
-            create_app(self.settings), host=self.host, port=self.port, log_config=None
-        )
+        config = api_server_config(create_app(self.settings), self.host, self.port)
         server = uvicorn.Server(config)
         log.info("serving on http://%s:%d (docs at /docs)", self.host, self.port)
         server.run()
@@ -152,6 +151,15 @@ class LocalStack:
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
+
+
+def api_server_config(app: Any, host: str, port: int) -> Any:
+    """uvicorn's config for the API. The app reads X-Forwarded-For itself, from
+    METAHMR_TRUSTED_PROXIES only (`service.deps.client_address`); uvicorn's own proxy
+    headers would let any local process pick its rate-limit address, whatever the setting."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False)
 
 
 class _Terminated(Exception):

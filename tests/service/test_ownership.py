@@ -60,7 +60,9 @@ def test_the_record_holds_a_keyed_hash_not_the_key(
 ) -> None:
     api = make_client(api_keys=["secret-key-a"])
     job_id = _submit(api, make_image(), "secret-key-a")
-    raw = redis.Redis.from_url(redis_url).hgetall(f"metahmr:job:{job_id}")
+    raw: dict[bytes, bytes] = redis.Redis.from_url(redis_url).hgetall(  # type: ignore[assignment]
+        f"metahmr:job:{job_id}"
+    )
     assert b"secret-key-a" not in b"".join(k + v for k, v in raw.items())
     record = store.get(job_id)
     assert record is not None and record.owner is not None
