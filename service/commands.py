@@ -36,6 +36,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     rec.add_argument("--out", type=Path, help="result JSON (default: standard output)")
     rec.add_argument("--mesh", type=Path, help="mesh file, .glb or .obj")
     rec.add_argument("--overlay", type=Path, help="overlay PNG")
+    rec.add_argument("--animation", type=Path, help="skinned, animated glTF (animation.glb)")
+    rec.add_argument("--bvh", type=Path, help="the skeleton's motion as BVH (animation.bvh)")
+    rec.add_argument("--smpl-npz", type=Path, help="SMPL parameters, AMASS layout (smpl.npz)")
     rec.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     rec.set_defaults(func=_recover)
 
@@ -78,6 +81,10 @@ def recover_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps is not None:
         options["tto"] = {"steps": args.steps}
     wanted = [name for name, flag in (("mesh", args.mesh), ("overlay", args.overlay)) if flag]
+    from service.contract import EXPORT_FILES
+
+    # The export flags are named after their `return` names (--smpl-npz: smpl_npz).
+    wanted += [kind for kind in EXPORT_FILES if getattr(args, kind, None) is not None]
     if wanted:
         options["return"] = wanted
     return options
@@ -111,6 +118,8 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _save(client: Any, job: dict[str, Any], args: argparse.Namespace) -> None:
+    from service.contract import EXPORT_FILES
+
     text = json.dumps(job["result"], indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")
@@ -123,3 +132,8 @@ def _save(client: Any, job: dict[str, Any], args: argparse.Namespace) -> None:
     if args.overlay is not None:
         args.overlay.write_bytes(client.download(job["job_id"], "overlay.png"))
         log.info("overlay written to %s", args.overlay)
+    for kind, name in EXPORT_FILES.items():
+        path = getattr(args, kind, None)
+        if path is not None:
+            path.write_bytes(client.download(job["job_id"], name))
+            log.info("%s written to %s", name, path)

@@ -84,7 +84,9 @@ class TTOOptions(_Strict):
     )
 
 
-ReturnName = Literal["mesh", "overlay", "joints3d"]
+ReturnName = Literal["mesh", "overlay", "joints3d", "animation", "bvh", "smpl_npz"]
+# The motion exports (model.motion_export): each one's `return` name and the job file it makes.
+EXPORT_FILES = {"animation": "animation.glb", "bvh": "animation.bvh", "smpl_npz": "smpl.npz"}
 
 
 class RecoverOptions(_Strict):

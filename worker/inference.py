@@ -30,6 +30,7 @@ import torch
 
 from model.body import BodyModel
 from model.config import TTOConfig
+from model.motion import tracks_from_output
 from model.outputs import FitResult, RegressorOutput
 from service.contract import KeypointSource, RecoverOptions, TTOOptions
 from worker.config import WorkerSettings
@@ -42,7 +43,7 @@ from worker.runtime import (
     load_model,
     resolve_model_dir,
 )
-from worker.stages.files import mesh_files, overlay_png, render_files
+from worker.stages.files import EXPORT_FILES, export_files, mesh_files, overlay_png, render_files
 from worker.stages.fit import FitJob, Fitter, tto_config
 from worker.stages.keypoints import fit_keypoints, landmarks_for
 from worker.stages.people import Crops, Person, find_people, make_crops, parse_people
@@ -295,6 +296,10 @@ class OnnxPipeline:
                     self.body, self.device, r.image, final, r.crops.crop, r.focal, r.wanted
                 )
             r.progress("render", 1, 1)
+        if r.wanted & EXPORT_FILES.keys():
+            with _timed(r.timings, "export"):
+                tracks = tracks_from_output(final, r.crops.crop)
+                files.update(export_files(self.body, tracks, r.wanted))
         people = people_out(
             self.body, self.device, r.people, r.crops.crop, r.keypoints, r.sources, initial, fit,
             r.config, r.wanted,

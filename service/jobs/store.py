@@ -43,11 +43,14 @@ from service.jobs import scripts
 
 # The Celery task a job is sent as; the API sends it by name and never imports worker code.
 RECOVER_TASK = "metahmr.recover"
-FILE_NAMES = ("mesh.obj", "mesh.glb", "overlay.png")
+FILE_NAMES = ("mesh.obj", "mesh.glb", "overlay.png", "animation.glb", "animation.bvh", "smpl.npz")
 FILE_MEDIA_TYPES = {
     "mesh.obj": "text/plain",
     "mesh.glb": "model/gltf-binary",
     "overlay.png": "image/png",
+    "animation.glb": "model/gltf-binary",
+    "animation.bvh": "text/plain",
+    "smpl.npz": "application/octet-stream",
 }
 # Histogram upper bounds kept in Redis so every API replica reports the same numbers.
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -1,5 +1,6 @@
 """Stage "render" (on request): the final bodies as mesh.obj / mesh.glb (camera frame, y up)
-and overlay.png (meshes drawn over the image)."""
+and overlay.png (meshes drawn over the image); and the motion exports (`model.motion_export`):
+animation.glb, animation.bvh and smpl.npz, each person a one-frame track."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import torch
 
 from model.body import BodyModel
+from model.motion import MotionTrack
 from model.outputs import CropInfo, RegressorOutput
+from service.contract import EXPORT_FILES
 
 MESH_COLOR = (0.65, 0.74, 0.86)
 
@@ -32,6 +35,22 @@ def render_files(
     if "overlay" in wanted:
         files["overlay.png"] = overlay_png(image, vertices, faces, focal)
     return files
+
+
+def export_files(body: BodyModel, tracks: list[MotionTrack], wanted: set[str]) -> dict[str, bytes]:
+    """The motion exports `wanted` names (keys of `EXPORT_FILES`) of `tracks`: an image
+    job's people (`model.motion.tracks_from_output`) or a video job's tracks (none: no
+    files)."""
+    if not tracks:
+        return {}
+    from model.motion_export import animation_bvh, animation_glb, smpl_npz
+
+    makers = {
+        "animation": lambda: animation_glb(body, tracks),
+        "bvh": lambda: animation_bvh(body, tracks),
+        "smpl_npz": lambda: smpl_npz(tracks, body.id),
+    }
+    return {EXPORT_FILES[kind]: makers[kind]() for kind in EXPORT_FILES if kind in wanted}
 
 
 def camera_vertices(
