@@ -156,6 +156,11 @@ def decode_image(data: bytes) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied (the API checked it decodes)."""
     with Image.open(io.BytesIO(data)) as image:
         upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I"):
+            # 16-bit grey (PNG): Pillow's convert clips at 255, an all-white picture; scale.
+            grey = np.clip(np.asarray(upright).astype(np.int64), 0, 65535)
+            grey8 = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+            return np.repeat(grey8[..., None], 3, axis=2)
         return np.asarray(upright.convert("RGB"))
 
 
