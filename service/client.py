@@ -131,7 +131,8 @@ class MetahmrClient:
         return self.wait(self.submit(image, options), timeout_s=timeout_s)
 
     def download(self, job_id: str, name: str) -> bytes:
-        """A result file: mesh.obj, mesh.glb or overlay.png."""
+        """A result file: mesh.obj, mesh.glb, overlay.png, animation.glb, animation.bvh or
+        smpl.npz."""
         response = self.http.get(f"/jobs/{job_id}/{name}")
         if response.status_code != 200:
             _json(response)
