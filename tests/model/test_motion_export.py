@@ -70,7 +70,8 @@ def _geodesic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_glb_passes_the_khronos_validator(
     body: BodyModel, tracks: list[MotionTrack], tmp_path: Path
 ) -> None:
-    for chosen in (tracks[:1], tracks):
+    one_frame = _track(5, np.zeros(1), seed=3)  # an image job's person
+    for chosen in ([one_frame], tracks[:1], tracks):
         report = validate_glb(animation_glb(body, chosen), tmp_path)
         assert report["numErrors"] == 0, report["messages"]
         assert report["numWarnings"] == 0, report["messages"]
