@@ -1,7 +1,9 @@
 """Sending jobs to the workers: a Celery task published by name, nothing else.
 
 The API process never imports worker code (no torch in the API image); it only needs the
-broker connection to publish `RECOVER_TASK` with the job id.
+broker connection to publish `RECOVER_TASK` with the job id. Once the broker has the task,
+the job leaves the store's unsent index (`JobStore.mark_sent`): a job created by an API that
+stopped before this point is found there and sent by a worker.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from celery import Celery
 
 from service.config import Settings
-from service.jobs import RECOVER_TASK
+from service.jobs import NEW_JOB_PRIORITY, RECOVER_TASK, JobStore
 
 
 class TaskQueue:
@@ -24,14 +26,18 @@ class TaskQueue:
             task_default_queue=settings.queue_name,
         )
         self._timeout = settings.publish_timeout_s
+        self._store = JobStore.from_url(settings.require_redis_url(), ttl_s=settings.result_ttl_s)
 
     def send(self, job_id: str) -> None:
-        """Publish one task; raises (kombu/redis errors) when the broker is unreachable."""
+        """Publish one task, then mark the job sent; raises (kombu/redis errors) when the
+        broker is unreachable."""
         self.app.send_task(
             RECOVER_TASK,
             args=[job_id],
             queue=self.queue,
             task_id=job_id,
+            # Behind jobs that run again (RERUN_PRIORITY), e.g. after their worker died.
+            priority=NEW_JOB_PRIORITY,
             retry=True,
             # A short retry budget: a request waits at most about publish_timeout_s.
             retry_policy={
@@ -41,6 +47,8 @@ class TaskQueue:
                 "interval_max": self._timeout / 4,
             },
         )
+        self._store.mark_sent(job_id)
 
     def close(self) -> None:
         self.app.close()
+        self._store.client.close()

@@ -21,12 +21,13 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from service.jobs import RECOVER_TASK, JobStore, configure_logging
+from service.jobs import RECOVER_TASK, RERUN_PRIORITY, JobStore, configure_logging
 from worker.config import WorkerSettings, get_worker_settings
 from worker.factory import check_pipeline
 from worker.tasks import recover, stop_worker_context, worker_context
 
 log = logging.getLogger(__name__)
+PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's default for Redis, named here because we rely on it
 
 
 def create_celery(settings: WorkerSettings) -> Celery:
@@ -40,9 +41,16 @@ def create_celery(settings: WorkerSettings) -> Celery:
         worker_concurrency=settings.concurrency,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_hard_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Re-runs (RERUN_PRIORITY) are taken before new jobs (NEW_JOB_PRIORITY).
+            "priority_steps": PRIORITY_STEPS,
+        },
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Keep a running job going through a broker outage (a Redis restart) rather than
+        # kill its process: killed, it would look like a worker death to the reaper. Its
+        # message is acknowledged when Redis is back, or redelivered (a no-op) if not.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Results live in the job store, not in a Celery backend.
         task_ignore_result=True,
         worker_hijack_root_logger=False,
@@ -52,7 +60,14 @@ def create_celery(settings: WorkerSettings) -> Celery:
     )
 
     def requeue(job_id: str) -> None:
-        app.send_task(RECOVER_TASK, args=[job_id], queue=settings.queue_name, task_id=job_id)
+        # Ahead of new jobs: this one has waited its turn already.
+        app.send_task(
+            RECOVER_TASK,
+            args=[job_id],
+            queue=settings.queue_name,
+            task_id=job_id,
+            priority=RERUN_PRIORITY,
+        )
 
     app.metahmr_settings = settings  # type: ignore[attr-defined]
     app.metahmr_requeue = requeue  # type: ignore[attr-defined]

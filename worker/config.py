@@ -8,6 +8,7 @@ environment configures both; the worker does not import the service's own settin
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,33 @@ def default_cache_dir() -> Path:
     return Path(base) / "metahmr"
 
 
+# More threads than this per process rarely pay: a person's TTO runs on small matrices,
+# where more threads mostly add synchronisation.
+MAX_DEFAULT_THREADS = 4
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container started with --cpus)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def default_threads(processes: int, cores: int | None = None) -> int:
+    """Threads per worker process when METAHMR_ONNX_THREADS / TORCH_THREADS are unset: the
+    cores left after one for the API, Redis and the Celery main process, shared by the
+    `processes` worker processes on the machine, at least 1 and at most
+    MAX_DEFAULT_THREADS. 2 cores, 1 process: 1 thread (two would contend with the API)."""
+    cores = available_cores() if cores is None else cores
+    return max(1, min(MAX_DEFAULT_THREADS, (cores - 1) // max(1, processes)))
+
+
 class WorkerSettings(JobStoreSettings):
     """What a worker process needs to know, beyond the job store's settings."""
 
@@ -34,11 +62,27 @@ class WorkerSettings(JobStoreSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     # "cuda": ONNX Runtime's CUDA provider (onnxruntime-gpu) and the TTO on the GPU.
     onnx_provider: Literal["cpu", "cuda"] = "cpu"
-    # Threads per worker *process* (each pool process has its own model): ONNX Runtime
-    # intra-op threads per session, and torch's for the TTO. Explicit, because both default
-    # to every core and `concurrency` processes would oversubscribe the machine.
-    onnx_threads: int = Field(default=2, ge=1, le=64)
-    torch_threads: int = Field(default=2, ge=1, le=64)
+    # Pool processes of this worker (each runs jobs with its own model), and how many such
+    # workers share this machine's cores (`metahmr serve --workers N` sets N).
+    concurrency: int = Field(default=1, ge=1, le=64)
+    workers_on_host: int = Field(default=1, ge=1, le=256)
+    # Threads per worker *process*: ONNX Runtime intra-op threads per session, and torch's
+    # for the TTO. Both libraries default to every core, so N processes would run N x cores
+    # threads; unset, each gets its share of the cores (`default_threads`).
+    onnx_threads: int = Field(
+        default_factory=lambda data: default_threads(
+            data["concurrency"] * data["workers_on_host"]
+        ),
+        ge=1,
+        le=64,
+    )
+    torch_threads: int = Field(
+        default_factory=lambda data: default_threads(
+            data["concurrency"] * data["workers_on_host"]
+        ),
+        ge=1,
+        le=64,
+    )
     # Run each TTO step as one torch.compile'd graph (same maths, less per-step overhead;
     # `docs/benchmarks.md`). The worker compiles at start (minutes on a small CPU the first
     # time, seconds once torch's on-disk cache holds the graphs). Needs a C++ compiler.
@@ -48,14 +92,19 @@ class WorkerSettings(JobStoreSettings):
     # "heavy" need `metahmr assets blazepose` and METAHMR_BLAZEPOSE_DIR. "off": no detector and
     # no built-in keypoints (apps that always send both), not for BlazePose models.
     blazepose: Literal["lite", "full", "heavy", "off"] = "full"
-    concurrency: int = Field(default=1, ge=1, le=64)
     job_soft_time_limit_s: float = Field(default=300.0, gt=0)
     job_hard_time_limit_s: float = Field(default=330.0, gt=0)
     # A worker beats every interval; a job whose worker missed beats for ttl is re-queued.
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=10.0, gt=0)
     # Runs of one job (its worker died each time) before it is failed as a likely crasher.
+    # Runs cut short by a Redis outage do not count.
     max_attempts: int = Field(default=3, ge=1)
+    # A job the API created but never sent (it stopped in between) is sent after this long.
+    unsent_after_s: float = Field(default=30.0, gt=0)
+    # After deletions, Redis rewrites its append-only file at most this often (0 < s), so a
+    # deleted image leaves the disk within about this time (README, "Deleting data").
+    aof_rewrite_interval_s: float = Field(default=60.0, gt=0)
     # Retries of a job whose pipeline reported a transient error.
     max_transient_retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=2.0, ge=0)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageOps
 from pydantic import ValidationError
@@ -70,8 +71,15 @@ class RetryLater(Exception):
 
 
 class Presence:
-    """A worker's heartbeat in the store, plus the reaper: every `interval_s` a daemon thread
-    marks this worker alive for `ttl_s` and re-queues running jobs of dead workers."""
+    """A worker's heartbeat in the store, plus the reaper: every `heartbeat_interval_s` a
+    daemon thread marks this worker alive for `heartbeat_ttl_s`, re-queues running jobs of
+    dead workers, sends jobs the API created but never sent, and has Redis rewrite its
+    append-only file after deletions (`JobStore.compact`).
+
+    A Redis outage is not a death: when the beats come back after failing, the worker records
+    the outage (`JobStore.note_outage`: leases that ran out meanwhile are not charged to their
+    jobs) and reaps only once one heartbeat TTL has passed, so that every live worker has
+    renewed its lease first."""
 
     def __init__(
         self,
@@ -86,24 +94,58 @@ class Presence:
         self.requeue = requeue
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_beat = time.monotonic()
+        self._beats_since = time.monotonic()  # start of the current run of good beats
+        self._failing = False
 
     def start(self) -> None:
         # Beat once now: a job claimed right after start must already have a live lease.
         self.store.heartbeat(self.worker_id, self.settings.heartbeat_ttl_s)
+        self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="metahmr-presence", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
-                self.store.heartbeat(self.worker_id, self.settings.heartbeat_ttl_s)
-                self.reap()
+                self.beat()
             except Exception:  # Redis away for a moment: keep beating when it is back
-                log.warning("heartbeat failed", exc_info=True)
+                if not self._failing:
+                    log.warning("heartbeat failed (Redis unreachable?)", exc_info=True)
+                self._failing = True
+                continue
+            try:
+                self.tend()
+            except Exception:
+                log.warning("reaper failed", exc_info=True)
+
+    def beat(self) -> None:
+        """Renew this worker's lease; after failed beats, record the outage too."""
+        self.store.heartbeat(self.worker_id, self.settings.heartbeat_ttl_s)
+        now = time.monotonic()
+        if self._failing:
+            self.store.note_outage(now - self._last_beat)
+            self._beats_since = now
+            self._failing = False
+            log.warning("Redis was unreachable for up to %.1f s; leases that ran out meanwhile "
+                        "are not counted against their jobs", now - self._last_beat)  # fmt: skip
+        self._last_beat = now
+
+    def tend(self) -> None:
+        """The store's upkeep after a good beat: reap, send stranded jobs, compact."""
+        if time.monotonic() - self._beats_since < self.settings.heartbeat_ttl_s:
+            return  # just back from an outage: let live workers renew their leases first
+        self.reap()
+        for job_id in self.store.take_unsent(self.settings.unsent_after_s):
+            with job_context(job_id):
+                log.warning("job was created but never sent to the queue; sending it now")
+                self.requeue(job_id)
+        if self.store.compact(self.settings.aof_rewrite_interval_s):
+            log.info("asked Redis to rewrite its append-only file (deleted data)")
 
     def reap(self) -> list[tuple[str, JobStatus]]:
         """Re-queue (or fail, after max_attempts) jobs whose worker died; send their tasks."""
-        touched = self.store.reap(self.settings.max_attempts)
+        touched = self.store.reap(self.settings.max_attempts, self.settings.heartbeat_ttl_s)
         for job_id, status in touched:
             with job_context(job_id):
                 if status is JobStatus.QUEUED:
@@ -313,6 +355,15 @@ def _settle(
     except LeaseLost:
         log.warning("job was taken over by another worker (missed heartbeats?)")
         return None
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The store, not the job: this task runs again once Redis is back (autoretry), and
+        # claims the job again as its own. Never a failure of the job.
+        if leader:
+            raise
+        log.warning("Redis unreachable; putting the job back in the queue", exc_info=True)
+        if store.release(job_id, ctx.worker_id) and ctx.presence is not None:
+            ctx.presence.requeue(job_id)
+        return JobStatus.QUEUED
     except TransientJobError as exc:
         if attempts <= ctx.settings.max_transient_retries and store.release(job_id, ctx.worker_id):
             log.warning("transient error, will retry: %s", exc)

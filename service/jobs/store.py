@@ -8,16 +8,28 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 - ``job:{id}:image`` the uploaded bytes; ``job:{id}:file:{name}`` result files.
   All of a job's keys expire after ``ttl_s``; the image is dropped once the job has finished.
 - ``running`` set of job ids in state running (the reaper's work list).
+- ``unsent`` sorted set: id -> creation time of jobs whose task the API has not yet handed to
+  the broker (`mark_sent`); a job left there (the API died in between) is sent by a worker's
+  reaper (`take_unsent`).
 - ``queued`` sorted set of job ids in state queued, oldest first (score: creation time, 0
   for a job put back in the queue), so a worker can take several at once (micro-batching).
   Kept with every status change; an id whose job expired while queued is dropped when seen.
 - ``workers`` sorted set: worker id -> time (Redis clock) its heartbeat expires.
+- ``outages`` sorted set: the times workers could not reach Redis (`note_outage`); a job whose
+  lease ran out then is re-queued without counting as one of its worker deaths (``lost``).
+- ``purge_due`` flag: an image or job was deleted since the last AOF rewrite (`compact`);
+  ``compact_lock`` (expiring) spaces the rewrites.
 - ``rate:{who}:{minute}`` submission counters; ``stats:*`` hashes behind /metrics.
 - ``owner_salt``: the random key of the owner hashes, made once by the first API to need it.
 
 Status changes run as Lua scripts (`service.jobs.scripts`), so a check and its write are one
 atomic step: a job goes queued -> running -> succeeded | failed | canceled, running -> queued
 when its worker died (the reaper), and never leaves a final state.
+
+Deleted data and Redis's append-only file: Redis appends every write, deletes included, to
+its AOF, so a deleted image stays on disk until the file is rewritten. `compact` (run by the
+workers' reaper, at most every `aof_rewrite_interval_s`) asks Redis for that rewrite once
+something was deleted, so deletion reaches the disk too.
 
 Job-scoped logging is its neighbour in this package (`service.jobs.logs`): the API and the
 workers both need it, and the job store package is what the worker may import from the
@@ -55,6 +67,10 @@ FILE_MEDIA_TYPES = {
 # Histogram upper bounds kept in Redis so every API replica reports the same numbers.
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTO_STEP_BUCKETS = (0, 1, 2, 5, 10, 15, 20, 30)
+# Celery message priorities on Redis (kombu polls the lower number's list first): a job run
+# again (its worker died, a transient error, never sent) goes ahead of the new ones.
+NEW_JOB_PRIORITY = 6
+RERUN_PRIORITY = 0
 
 
 class JobStatus(StrEnum):
@@ -150,6 +166,8 @@ class JobStore:
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._live = client.register_script(scripts.LIVE_WORKERS)
         self._reap = client.register_script(scripts.REAP)
+        self._note_outage = client.register_script(scripts.NOTE_OUTAGE)
+        self._take_unsent = client.register_script(scripts.TAKE_UNSENT)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int, prefix: str = "metahmr:") -> JobStore:
@@ -178,6 +196,18 @@ class JobStore:
     def _workers(self) -> str:
         return f"{self.prefix}workers"
 
+    @property
+    def _unsent(self) -> str:
+        return f"{self.prefix}unsent"
+
+    @property
+    def _outages(self) -> str:
+        return f"{self.prefix}outages"
+
+    @property
+    def _purge_due(self) -> str:
+        return f"{self.prefix}purge_due"
+
     # -- jobs -------------------------------------------------------------------------------
     def create(
         self,
@@ -205,6 +235,7 @@ class JobStore:
         pipe.expire(self._job(job_id), self.ttl_s)
         pipe.set(self._image(job_id), image, ex=self.ttl_s)
         pipe.zadd(self._queued, {job_id: time.time()})
+        pipe.zadd(self._unsent, {job_id: time.time()})
         pipe.execute()
         return JobRecord(
             job_id=job_id,
@@ -225,6 +256,16 @@ class JobStore:
         pipe.get(f"{self.prefix}owner_salt")
         _, salt = pipe.execute()
         return bytes(salt)
+
+    def mark_sent(self, job_id: str) -> None:
+        """The job's task is with the broker: it is no longer at risk of being stranded."""
+        self.client.zrem(self._unsent, job_id)
+
+    def take_unsent(self, older_than_s: float) -> list[str]:
+        """Queued jobs created more than `older_than_s` ago whose task was never sent (the
+        API stopped between `create` and `mark_sent`). Each is returned once; send it."""
+        ids = self._take_unsent(keys=[self._unsent], args=[older_than_s, self.prefix])
+        return [_text(i) for i in ids]
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.client.hgetall(self._job(job_id))
@@ -366,7 +407,9 @@ class JobStore:
         pipe.delete(*keys)
         pipe.srem(self._running, job_id)
         pipe.zrem(self._queued, job_id)
-        removed, _, _ = pipe.execute()
+        pipe.zrem(self._unsent, job_id)
+        pipe.set(self._purge_due, 1)
+        removed, *_ = pipe.execute()
         return bool(removed)
 
     def _run_transition(
@@ -390,7 +433,9 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self._job(job_id), self._running, self._image(job_id), self._queued]
+        keys = [
+            self._job(job_id), self._running, self._image(job_id), self._queued, self._purge_due
+        ]
         ok, before = self._transition(keys=keys, args=args)
         status = JobStatus(before.decode()) if before else None
         return bool(ok), status
@@ -410,9 +455,11 @@ class JobStore:
         """Workers whose heartbeat has not expired (ids are host:pid:random)."""
         return [w.decode() for w in self._live(keys=[self._workers])]
 
-    def reap(self, max_attempts: int) -> list[tuple[str, JobStatus]]:
-        """Re-queue running jobs whose worker stopped beating (fail them after
-        `max_attempts` starts). Returns (job id, new status) for each job touched."""
+    def reap(self, max_attempts: int, lease_s: float = 0.0) -> list[tuple[str, JobStatus]]:
+        """Re-queue running jobs whose worker stopped beating; fail one whose workers died
+        under it `max_attempts` times (a lease that ran out while Redis was unreachable is
+        not a death: see `note_outage`; lease_s is the heartbeat TTL, to find the worker's
+        last beat). Returns (job id, new status) for each job touched."""
         error = json.dumps(
             {
                 "code": "worker_lost",
@@ -421,10 +468,36 @@ class JobStore:
             }
         )
         rows = self._reap(
-            keys=[self._running, self._workers, self._queued],
-            args=[self.prefix, max_attempts, now_iso(), error],
+            keys=[self._running, self._workers, self._queued, self._outages, self._purge_due],
+            args=[self.prefix, max_attempts, now_iso(), error, lease_s],
         )
         return [(i.decode(), JobStatus(s.decode())) for i, s in rows]
+
+    def note_outage(self, seconds: float) -> None:
+        """Record that this worker could not reach Redis for the last `seconds` (its last good
+        beat until now), so that leases which ran out meanwhile do not count as deaths."""
+        self._note_outage(keys=[self._outages], args=[seconds])
+
+    def compact(self, every_s: float) -> bool:
+        """Rewrite Redis's append-only file if something was deleted since the last rewrite
+        and none was started in the last `every_s` seconds (by any worker), so deleted images
+        leave the disk too. True if a rewrite was started. Without AOF: nothing to do."""
+        if not self.client.exists(self._purge_due):
+            return False
+        if not self.client.set(f"{self.prefix}compact_lock", 1, nx=True, px=int(every_s * 1000)):
+            return False
+        appendonly = self.client.config_get("appendonly").get("appendonly")
+        self.client.delete(self._purge_due)  # deletions from now on wait for the next rewrite
+        if _text(appendonly or b"no") != "yes":
+            return False
+        try:
+            self.client.bgrewriteaof()
+        except redis.ResponseError as exc:  # one already running: try again next time
+            self.client.set(self._purge_due, 1)
+            if "in progress" not in str(exc):
+                raise
+            return False
+        return True
 
     def running_jobs(self) -> set[str]:
         return {_text(m) for m in self.client.smembers(self._running)}

@@ -50,7 +50,8 @@ class Workers:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
-        before = self.store.live_workers()
+        # By id, not by count: a killed worker's heartbeat may expire while this one starts.
+        before = set(self.store.live_worker_ids())
         log = open(self.log_dir / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.celery_app", f"--hostname=w{len(self.procs)}@%h"],
@@ -62,7 +63,9 @@ class Workers:
         )
         self.procs.append(proc)
         wait_for(
-            lambda: self.store.live_workers() > before or proc.poll() is not None, 60, "worker"
+            lambda: bool(set(self.store.live_worker_ids()) - before) or proc.poll() is not None,
+            60,
+            "worker",
         )
         assert proc.poll() is None, (self.log_dir / f"worker{len(self.procs) - 1}.log").read_text()
         return proc
