@@ -13,15 +13,27 @@ table of accepted keypoint formats; `model.keypoints` holds the same formats by 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Points per accepted keypoint format; the worker maps each to COCO-17 by joint name.
 KEYPOINT_COUNTS = {"coco17": 17, "openpose25": 25, "mediapipe33": 33}
 KeypointFormatName = Literal["coco17", "openpose25", "mediapipe33"]
 MAX_TTO_STEPS = 30
 MAX_PEOPLE_IN_OPTIONS = 64
+# A box narrower than this cannot be cropped into anything the networks can read.
+MIN_BOX_SIDE_PX = 2.0
+# Numbers from JSON, strictly: `true` is not 1 (pydantic's lax mode would take it as one).
+Number = Annotated[float, Field(strict=True)]
 
 
 # --- options (client -> API -> job record -> worker) --------------------------------------
@@ -34,7 +46,7 @@ class _Strict(BaseModel):
 
 class KeypointsIn(_Strict):
     format: KeypointFormatName = "coco17"
-    points: list[tuple[float, float, float]] = Field(
+    points: list[tuple[Number, Number, Number]] = Field(
         description="[x, y, confidence] in full-image pixels, confidence in [0, 1]"
     )
 
@@ -53,7 +65,7 @@ class KeypointsIn(_Strict):
 
 
 class PersonIn(_Strict):
-    bbox: tuple[float, float, float, float] | None = Field(
+    bbox: tuple[Number, Number, Number, Number] | None = Field(
         default=None, description="[x0, y0, x1, y1] in full-image pixels"
     )
     keypoints: KeypointsIn | None = None
@@ -68,11 +80,24 @@ class PersonIn(_Strict):
                 raise ValueError(
                     f"bbox {list(self.bbox)} is inverted or empty: need x0 < x1, y0 < y1"
                 )
+            if min(x1 - x0, y1 - y0) < MIN_BOX_SIDE_PX:
+                raise ValueError(
+                    f"bbox {list(self.bbox)} is {x1 - x0:g} x {y1 - y0:g} px; each side must be "
+                    f"at least {MIN_BOX_SIDE_PX:g} px"
+                )
+        elif self.keypoints is not None:
+            confident = sum(1 for _, _, c in self.keypoints.points if c > 0)
+            if confident < 2:
+                # The worker boxes a person from its keypoints: one point spans no box.
+                raise ValueError(
+                    f"without a bbox a person needs at least 2 keypoints with confidence > 0 "
+                    f"(got {confident}); send a bbox or more keypoints"
+                )
         return self
 
 
 class TTOOptions(_Strict):
-    steps: int | None = Field(
+    steps: StrictInt | None = Field(
         default=None,
         ge=0,
         le=MAX_TTO_STEPS,
@@ -97,7 +122,7 @@ class RecoverOptions(_Strict):
         max_length=MAX_PEOPLE_IN_OPTIONS,
         description="people to recover; empty: the worker finds them (or uses the whole image)",
     )
-    focal_length: float | None = Field(
+    focal_length: Number | None = Field(
         default=None, gt=0, le=1e6, description="pixels; default sqrt(W^2 + H^2)"
     )
     tto: TTOOptions = Field(default_factory=TTOOptions)

@@ -20,6 +20,8 @@ def check_against_image(options: RecoverOptions, width: int, height: int, max_pe
     if len(options.people) > max_people:
         raise ValueError(f"{len(options.people)} people given; at most {max_people} per request")
     for i, person in enumerate(options.people):
+        if person.keypoints is not None:
+            _check_keypoints(i, person.keypoints.points, width, height)
         if person.bbox is None:
             continue
         x0, y0, x1, y1 = person.bbox
@@ -31,6 +33,20 @@ def check_against_image(options: RecoverOptions, width: int, height: int, max_pe
         if (x1 - x0) > 4 * width or (y1 - y0) > 4 * height:
             raise ValueError(
                 f"people[{i}].bbox {list(person.bbox)} is far larger than the {width}x{height} image"
+            )
+
+
+def _check_keypoints(
+    i: int, points: list[tuple[float, float, float]], width: int, height: int
+) -> None:
+    """Confident keypoints must lie within one image size of the image: farther out they
+    are a unit or coordinate mistake, and the fit's loss would not be finite."""
+    for j, (x, y, c) in enumerate(points):
+        if c > 0 and not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+            raise ValueError(
+                f"people[{i}].keypoints.points[{j}] [{x:g}, {y:g}] lies far outside the "
+                f"{width}x{height} image (more than one image size beyond its edges); "
+                "keypoints are full-image pixels, or give them confidence 0"
             )
 
 

@@ -110,3 +110,56 @@ def test_long_job_ids_are_not_echoed(http: httpx.Client, job_id: str) -> None:
     name = "m" * 5_000
     response = http.get(f"/jobs/00000000-0000-4000-8000-000000000000/{name}")
     assert response.status_code == 404 and len(_error(response)["message"]) < 200
+
+
+KP = [[20.0 + 2 * i, 10.0 + 2 * i, 0.9] for i in range(17)]
+
+
+def _person(**person: Any) -> str:
+    return json.dumps({"people": [person]})
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (_person(keypoints={"points": [[1e6, 10.0, 0.9], *KP[1:]]}), "points[0] [1e+06, 10]"),
+        (
+            _person(bbox=[0, 0, 60, 40], keypoints={"points": [*KP[:5], [5, -1e6, 1], *KP[6:]]}),
+            "points[5]",
+        ),
+        (_person(keypoints={"points": [KP[0]] + [[0.0, 0.0, 0.0]] * 16}), "at least 2 keypoints"),
+        (_person(keypoints={"points": [[0.0, 0.0, 0.0]] * 17}), "(got 0)"),
+        (_person(bbox=[10, 10, 10.01, 40]), "at least 2 px"),
+        (_person(bbox=[10, 10, 40, 10.5]), "at least 2 px"),
+        (json.dumps({"tto": {"steps": True}}), "tto.steps"),
+        (json.dumps({"tto": {"steps": 2.5}}), "tto.steps"),
+        (json.dumps({"focal_length": True}), "focal_length"),
+        (_person(bbox=[True, 0, 30, 30]), "bbox.0"),
+        (_person(keypoints={"points": [[20, 10, True], *KP[1:]]}), "points.0.2"),
+    ],
+)
+def test_inputs_the_worker_cannot_use_are_refused_at_the_edge(
+    http: httpx.Client, store: JobStore, make_image: Callable[..., bytes], options: str, says: str
+) -> None:
+    response = _post(http, make_image(64, 48), options)
+    assert response.status_code == 422, response.text
+    error = _error(response)
+    assert error["code"] == "invalid_options" and says in error["message"]
+    assert store.queued_jobs() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Unconfident points may be anywhere (detectors put missing ones at 0, 0 or worse).
+        _person(keypoints={"points": [*KP[:16], [-1e6, 1e6, 0.0]]}),
+        # Points a little outside the picture are normal (a limb out of frame).
+        _person(keypoints={"points": [[-30.0, 80.0, 0.5], *KP[1:]]}),
+        _person(bbox=[10, 10, 12, 40], keypoints={"points": [KP[0]] + [[0.0, 0.0, 0.0]] * 16}),
+        json.dumps({"tto": {"steps": 3}, "focal_length": 500}),
+    ],
+)
+def test_reasonable_edge_cases_still_pass(
+    http: httpx.Client, make_image: Callable[..., bytes], options: str
+) -> None:
+    assert _post(http, make_image(64, 48), options).status_code == 202

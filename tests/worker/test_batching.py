@@ -98,9 +98,11 @@ def test_a_job_with_bad_input_fails_alone(
     person: dict[str, Any],  # noqa: F811
 ) -> None:
     jobs = _jobs(person)[:2]
-    one_point = np.zeros((17, 3))
-    one_point[0] = [10.0, 10.0, 1.0]  # no box can be derived from a single keypoint
-    bad = {"people": [{"keypoints": {"points": one_point.tolist()}}]}
+    # Two confident MediaPipe points (the mouth) that have no COCO-17 joint: the contract
+    # sees two, the worker none to derive a box from.
+    mouth_only = np.zeros((33, 3))
+    mouth_only[9:11] = [[10.0, 10.0, 1.0], [20.0, 10.0, 1.0]]
+    bad = {"people": [{"keypoints": {"format": "mediapipe33", "points": mouth_only.tolist()}}]}
     wrong_scope = {"tto": {"scope": "full"}}
     images = [person["image"]] * 4
     out = pipeline.run_batch(

@@ -322,8 +322,15 @@ def test_a_person_needs_a_box_or_two_confident_keypoints() -> None:
     def person(**fields: object) -> PersonIn:
         return PersonIn.model_validate(fields)
 
+    with pytest.raises(ValueError, match="at least 2 keypoints"):  # the contract's check
+        person(keypoints={"points": points.tolist()})
+    # Two MediaPipe points with no COCO-17 joint (the mouth) pass the contract, not the worker.
+    mouth = np.zeros((33, 3))
+    mouth[9:11] = [[10, 10, 1.0], [20, 10, 1.0]]
     with pytest.raises(PermanentJobError, match="fewer than two keypoints"):
-        parse_people([person(keypoints={"points": points.tolist()})], 100, 100)
+        parse_people(
+            [person(keypoints={"format": "mediapipe33", "points": mouth.tolist()})], 100, 100
+        )
     points[1] = [30, 50, 0.5]
     (found,) = parse_people([person(keypoints={"points": points.tolist()})], 100, 100)
     np.testing.assert_allclose(found.bbox, [6, 6, 34, 54])  # padded by 10% of 40 px
