@@ -24,11 +24,11 @@ from starlette.datastructures import UploadFile
 from service.config import Settings
 from service.contract import RecoverOptions, format_validation_error
 from service.jobs import JobRecord, JobStore
+from service.jobs.capabilities import live_tto_scopes
 from service.metrics import ApiMetrics
 from service.queue import TaskQueue
 from service.schemas import check_against_image
 from service.uploads import CheckedImage, ImageLimits, UploadError, check_image
-from service.video import CheckedVideo, VideoLimits, check_video, sniff_video
 
 # Room for the `options` part and multipart framing on top of the image limit.
 OPTIONS_MAX_BYTES = 1024 * 1024
@@ -63,13 +63,6 @@ class AppState:
     def limits(self) -> ImageLimits:
         s = self.settings
         return ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side, s.max_image_side)
-
-    @property
-    def video_limits(self) -> VideoLimits:
-        s = self.settings
-        return VideoLimits(
-            int(s.max_video_mb * 1024 * 1024), s.max_video_s, s.max_video_frames, s.max_video_pixels
-        )
 
 
 def get_state(request: Request) -> AppState:
@@ -195,7 +188,7 @@ async def rate_limited(state: StateDep, caller: CallerDep) -> Caller:
 
 @dataclass(frozen=True)
 class RecoverRequest:
-    image: CheckedImage | CheckedVideo  # a video: sent in the same 'image' part
+    image: CheckedImage
     options: RecoverOptions
     caller: Caller
 
@@ -270,6 +263,23 @@ def _check_parts(items: list[tuple[str, str | UploadFile]]) -> None:
         )
 
 
+async def _check_scope(state: AppState, options: RecoverOptions) -> None:
+    """422 for a TTO scope that no live worker's model can run (workers publish theirs;
+    when that is unknown, the worker decides and fails the job with the same advice)."""
+    scope = options.tto.scope
+    if scope is None:
+        return
+    scopes = await run_in_threadpool(live_tto_scopes, state.store)
+    if scopes is not None and scope not in scopes:
+        have = " or ".join(repr(s) for s in sorted(scopes))
+        raise ApiError(
+            422,
+            "invalid_options",
+            f"options.tto.scope: the workers' models were meta-trained for the {have} scope, "
+            f"not {scope!r}, and the two must match; omit tto.scope or send {have}",
+        )
+
+
 def parse_options(raw: bytes | None) -> RecoverOptions:
     """400 for text that is not a JSON object, 422 for values that do not validate."""
     if raw is None or not raw.strip():
@@ -294,12 +304,10 @@ async def valid_recover_request(
     request: Request, state: StateDep, caller: Annotated[Caller, Depends(rate_limited)]
 ) -> RecoverRequest:
     """The checked image and options of POST /recover, or an ApiError."""
-    limit = max(state.settings.max_upload_bytes, state.video_limits.max_bytes) + OPTIONS_MAX_BYTES
+    limit = state.settings.max_upload_bytes + OPTIONS_MAX_BYTES
     image_bytes, options_bytes = await _read_form(request, limit)
     options = parse_options(options_bytes)
-    if sniff_video(image_bytes):
-        return RecoverRequest(image=_checked_video(image_bytes, options, state), options=options,
-                              caller=caller)  # fmt: skip
+    await _check_scope(state, options)
     try:
         image = await run_in_threadpool(check_image, image_bytes, state.limits)
         check_against_image(options, image.width, image.height, state.settings.max_people)
@@ -308,18 +316,6 @@ async def valid_recover_request(
     except ValueError as exc:
         raise ApiError(422, "invalid_options", str(exc)) from exc
     return RecoverRequest(image=image, options=options, caller=caller)
-
-
-def _checked_video(data: bytes, options: RecoverOptions, state: AppState) -> CheckedVideo:
-    """A video upload's container check (`service.video`); its people are found per frame."""
-    if options.people:
-        raise ApiError(
-            422, "invalid_options", "options.people is for images; a video's people are found in every frame"
-        )
-    try:
-        return check_video(data, state.video_limits)
-    except UploadError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
 
 
 RecoverDep = Annotated[RecoverRequest, Depends(valid_recover_request)]
