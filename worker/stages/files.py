@@ -14,7 +14,20 @@ from model.motion import MotionTrack
 from model.outputs import CropInfo, RegressorOutput
 from service.contract import EXPORT_FILES
 
-MESH_COLOR = (0.65, 0.74, 0.86)
+# One colour per person, in result order; the demo page's viewer uses the same list
+# (service/static/demo/viewer.js, a test holds the two equal).
+PERSON_COLORS = (
+    "#a6bddb", "#f4a261", "#8fd18f", "#e88a9a", "#c3a6e0", "#f1d36b", "#7fd1c9", "#c9a27e",
+)  # fmt: skip
+
+
+def person_color(index: int) -> tuple[float, float, float]:
+    """RGB in [0, 1] of person `index`'s colour (the list repeats past its end)."""
+    code = PERSON_COLORS[index % len(PERSON_COLORS)]
+    return (int(code[1:3], 16) / 255, int(code[3:5], 16) / 255, int(code[5:7], 16) / 255)
+
+
+MESH_COLOR = person_color(0)
 
 
 def render_files(
@@ -90,7 +103,7 @@ def overlay_png(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, foca
 
     from model.render import MeshSpec, render_meshes
 
-    meshes = [MeshSpec(v, faces, color=MESH_COLOR) for v in vertices]
+    meshes = [MeshSpec(v, faces, color=person_color(i)) for i, v in enumerate(vertices)]
     try:
         rendered = render_meshes(meshes, image=image, focal_length=focal)
     except Exception as exc:  # no usable OpenGL on this worker: a deployment problem
