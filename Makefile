@@ -4,18 +4,26 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 APT_PKGS := libosmesa6 libegl1 libgl1-mesa-dri libglu1-mesa
+# Only the browser tests and `metahmr demo screenshot` use these; they skip without them.
+BROWSER_PKGS := chromium chromium-driver
+# The demo page's and /docs' browser files, copied from web/node_modules (web/vendor.mjs).
+WEB_STAMP := service/static/vendor/versions.json
 PYTEST_ARGS ?=
 
 .PHONY: install test test-all test-smpl lint serve assets clean-venv
 
-install: $(STAMP) assets
+install: $(STAMP) $(WEB_STAMP) assets
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
-	    echo "warning: could not install$$missing (rendering may be unavailable)"; fi; fi
+	    echo "warning: could not install$$missing (rendering may be unavailable)"; fi; \
+	  missing=""; for p in $(BROWSER_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null || \
+	    echo "warning: could not install$$missing (the browser tests will skip)"; fi; fi
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: a range would pull a multi-GB CUDA build.
@@ -28,6 +36,13 @@ $(STAMP): pyproject.toml Makefile
 	# releases no longer ship them.
 	$(PIP) install -q --no-deps mediapipe==0.10.14
 	@touch $(STAMP)
+
+# three.js and Swagger UI, pinned by web/package-lock.json, copied into the package so that
+# /demo and /docs load nothing from another host (the API image does the same at build time).
+$(WEB_STAMP): web/package.json web/package-lock.json web/vendor.mjs
+	@command -v npm >/dev/null || { echo "npm is missing: apt-get install npm (it installs /demo's and /docs' scripts)"; exit 1; }
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	npm run --prefix web --silent vendor
 
 # Derived, uncommitted artefacts (e.g. ONNX graphs exported from the shipped weights).
 assets: $(STAMP)

@@ -34,6 +34,7 @@ _REGISTRARS = (
     "worker.cli",
     "service.commands",
     "bench.commands",
+    "bench.demo_page",
 )
 # Top-level packages an install may lack (the slim API image has only `service`).
 _OPTIONAL = {"model", "training", "worker", "service", "bench"}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import random_checkpoint
-from model.config import BackboneConfig, RegressorConfig, TTOConfig
+from model.config import BackboneConfig, RegressorConfig, TTOConfig, TTORuntime
 from model.export import export_checkpoint
 from model.losses import loss_test_u, reprojected_keypoint_loss
 from model.outputs import CropInfo, RegressorOutput, SMPLParams
@@ -203,31 +203,31 @@ def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, A
     result["reference_ms"] = _median_ms(
         lambda: reference_style_fit(f_w, f_u, one, body, full), settings.repeats
     )
-    # The generic engine (autograd through functional_call), for comparison.
-    result["head_tto_generic_ms"] = _median_ms(
-        lambda: fit(f_w, head_in, body, replace(base, fused_head=False), aux), settings.repeats
-    )
+    batched = TTORuntime(batched=True)
     result["batch16_ms"] = _median_ms(  # one pass, per-person weight copies
-        lambda: fit(f_w, many_in, body, base, aux_many, batched=True), settings.repeats
+        lambda: fit(f_w, many_in, body, base, aux_many, runtime=batched), settings.repeats
     )
-    # The same head fits as torch.compile'd steps (TTOConfig.compile, METAHMR_TTO_COMPILE):
+    # The same head fits as torch.compile'd steps (TTORuntime.compile, METAHMR_TTO_COMPILE):
     # compile first (1 person, then 2 for a dynamic batch size), then time.
-    compiled = replace(base, compile=True)
-    result["compile_s"] = warm_up(f_w, body, compiled)
+    compiled = TTORuntime(compile=True)
+    result["compile_s"] = warm_up(f_w, body, base, compiled)
     result["compile_fell_back"] = compile_failure()
     result["head_tto_compiled_ms"] = _median_ms(
-        lambda: fit(f_w, head_in, body, compiled, aux), settings.repeats
+        lambda: fit(f_w, head_in, body, base, aux, runtime=compiled), settings.repeats
     )
-    compiled_other = replace(compiled, head_subset=other)
-    warm_up(f_w, body, compiled_other, people=(1,))
+    base_other = replace(base, head_subset=other)
+    warm_up(f_w, body, base_other, compiled, people=(1,))
     result[f"head_tto_compiled_{other}_ms"] = _median_ms(
-        lambda: fit(f_w, head_in, body, compiled_other, aux), settings.repeats
+        lambda: fit(f_w, head_in, body, base_other, aux, runtime=compiled), settings.repeats
     )
+    compiled_batched = TTORuntime(compile=True, batched=True)
     result["batch16_compiled_ms"] = _median_ms(
-        lambda: fit(f_w, many_in, body, compiled, aux_many, batched=True), settings.repeats
+        lambda: fit(f_w, many_in, body, base, aux_many, runtime=compiled_batched),
+        settings.repeats,
     )
     result[f"batch16_compiled_{other}_ms"] = _median_ms(
-        lambda: fit(f_w, many_in, body, compiled_other, aux_many, batched=True), settings.repeats
+        lambda: fit(f_w, many_in, body, base_other, aux_many, runtime=compiled_batched),
+        settings.repeats,
     )
     result["head_tto_compiled_overhead"] = result["head_tto_compiled_ms"] / result["forward_ms"]
     result["speedup_vs_reference_compiled"] = result["reference_ms"] / (
@@ -313,12 +313,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for r in report["results"]
         for k, v in r.items()
         if k.startswith("head_tto_") and k.endswith("_ms") and "compiled" not in k
-        and k not in ("head_tto_ms", "head_tto_generic_ms")
-    ]
-    generic = [
-        f"{r['backbone']}: {r['head_tto_generic_ms']:.1f} ms"
-        for r in report["results"]
-        if "head_tto_generic_ms" in r
+        and k != "head_tto_ms"
     ]
     other_compiled = [
         f"{r['backbone']}: {v:.1f} ms"
@@ -345,19 +340,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "subset of the head (features from ONNX, fixed); other subset: "
         + ", ".join(other)
         + ". Reference-style = deep copy + all parameters + full-mesh body with pose blend shapes (`reference_forward`) every step. "
-        "Head scope runs the fused engine (`model/head_tto.py`, hand-written steps, the "
-        "same fit); the generic autograd path (`fused_head=False`) takes "
-        + (", ".join(generic) or "?")
-        + ". 16 people: one fit of 16 per-person weight copies in one pass (`batched=True`); "
-        "`fit` by default loops over people instead where that is the faster "
-        "(`model.tto.default_batched`: compiled steps with every head weight adapting, "
+        "Every fit runs `model.tto.fit_group` (step 0, Adam steps with `torch.optim.Adam`'s "
+        "fused kernel, early stop). 16 people: one fit of 16 per-person weight copies in one "
+        "pass (`TTORuntime(batched=True)`); `fit` by default loops over people instead where "
+        "that is the faster (`model.tto.default_batched`: every head weight adapting, "
         "16 x the one-person time).",
         "",
         *rows,
         "",
-        "With compiled TTO steps (`TTOConfig.compile`, the worker's `METAHMR_TTO_COMPILE=1`: "
-        "each step's forward, loss and backward as one `torch.compile`d graph, the same "
-        "fit); "
+        "With compiled TTO steps (`TTORuntime.compile`, the worker's `METAHMR_TTO_COMPILE=1`: "
+        "each step's forward and loss as one `torch.compile`d graph, its backward compiled "
+        "with it, the same fit); "
         "compile = the worker's start-up warm-up (1 person, then 2), with torch's on-disk "
         "cache as this machine had it:",
         "",

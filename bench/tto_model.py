@@ -47,6 +47,7 @@ def bench_model(
     from model.backbones import is_landmark_backbone, landmark_variant
     from model.blazepose import BlazePose
     from model.checkpoint import load_checkpoint
+    from model.config import TTORuntime
     from model.export import export_checkpoint
     from model.tto import TTOInputs, compile_failure, fit, warm_up
     from worker.config import WorkerSettings
@@ -92,16 +93,16 @@ def bench_model(
     keypoints, _ = fit_keypoints(image, people, crops, model, landmarks)
     inputs = TTOInputs(torch.from_numpy(keypoints), crops.crop, features=torch.from_numpy(features))
     f_w = ckpt.build_f_w("cpu")
-    base = replace(ckpt.tto, steps=STEPS, early_stop=0.0, compile=False, num_threads=None)
+    base = replace(ckpt.tto, steps=STEPS, early_stop=0.0)
     result["tto"] = {"subset": base.head_subset, "sgd_lr": base.sgd_lr, "adam_lr": base.adam_lr}
     result["head_tto_ms"] = _median_ms(lambda: fit(f_w, inputs, body, base, aux), settings.repeats)
     result["head_tto_overhead"] = result["head_tto_ms"] / result["forward_ms"]
     if compiled:
-        config = replace(base, compile=True)
-        result["compile_s"] = warm_up(f_w, body, config)
+        runtime = TTORuntime(compile=True)
+        result["compile_s"] = warm_up(f_w, body, base, runtime)
         result["compile_fell_back"] = compile_failure()
         result["head_tto_compiled_ms"] = _median_ms(
-            lambda: fit(f_w, inputs, body, config, aux), settings.repeats
+            lambda: fit(f_w, inputs, body, base, aux, runtime=runtime), settings.repeats
         )
         result["head_tto_compiled_overhead"] = result["head_tto_compiled_ms"] / result["forward_ms"]
     log.info("%s: %s", checkpoint, {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()})

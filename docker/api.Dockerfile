@@ -2,6 +2,14 @@
 # only the `service` package and the `metahmr` command (cli.py, which skips the packages an
 # install lacks) are copied, and the base install has no heavy extras.
 # Build from the repository root: docker build -f docker/api.Dockerfile .
+
+# The demo page's and /docs' browser files (three.js, Swagger UI), pinned by
+# web/package-lock.json. Only the copied files reach the image: no node at run time.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json web/.npmrc web/vendor.mjs ./
+RUN npm ci --no-audit --no-fund && npm run vendor -- /vendor
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,6 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md cli.py ./
 COPY service ./service
+COPY --from=web /vendor ./service/static/vendor
 # The package's base dependencies only (the same `pip install .` as the README's slim path).
 RUN python -m pip install --upgrade pip && python -m pip install .
 

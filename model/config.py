@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 CROP_HW = (256, 192)
 
@@ -97,14 +97,13 @@ class TTOConfig:
     early_stop: stop once the 2D loss changes by less than this between steps.
     use_aux: include agreement with the auxiliary prediction in step 0 (False = EFT-style
         2D-only step 0, also used when no auxiliary prediction is given).
-    num_threads: torch intra-op threads while fitting (None = leave as is).
-    compile: run each step's forward and backward as one `torch.compile`d graph (same
-        maths, several times less per-step overhead on a CPU; the first fit of a shape
-        compiles, tens of seconds, so a worker warms it up at start). Needs a C++ compiler
-        on CPU; without one the fit falls back to eager with a warning.
-    fused_head: run the "head" scope with the hand-written steps of `model.head_tto` (the
-        same fit, several times faster); False runs the generic autograd path.
+
+    This is the method's schedule, saved in checkpoints; how a fit runs on this machine
+    (threads, compiled steps) is `TTORuntime`, passed to `model.tto.fit` separately.
     """
+
+    # Runtime flags older checkpoints saved with the schedule; `from_dict` drops them.
+    RETIRED_KEYS: ClassVar[tuple[str, ...]] = ("num_threads", "compile", "fused_head")
 
     scope: str = "head"
     head_subset: str = "all"
@@ -116,9 +115,6 @@ class TTOConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    num_threads: int | None = None
-    compile: bool = False
-    fused_head: bool = True
 
     def __post_init__(self) -> None:
         if self.scope not in TTO_SCOPES:
@@ -129,6 +125,24 @@ class TTOConfig:
             )
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class TTORuntime:
+    """How `model.tto.fit` runs here, never saved with a model (the schedule is `TTOConfig`).
+
+    num_threads: torch intra-op threads while fitting (None = leave as is).
+    compile: each step's forward and loss as one `torch.compile`d graph, its backward
+        compiled with it (same maths, several times less per-step overhead on a CPU; the
+        first fit of a shape compiles, seconds to minutes, so a worker warms it up at
+        start). Needs a C++ compiler on CPU; without one the fit falls back to eager.
+    batched: fit the "head" scope's people in one pass (a weight copy each) rather than one
+        by one; None picks the faster (`model.tto.default_batched`). Results are equal.
+    """
+
+    num_threads: int | None = None
+    compile: bool = False
+    batched: bool | None = None
 
 
 T = TypeVar("T")
@@ -150,11 +164,14 @@ def _plain(value: Any) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a config dataclass from `to_dict`'s output (nested configs included).
 
-    Unknown keys raise ValueError, so a checkpoint from a newer version fails loudly.
+    Unknown keys raise ValueError, so a checkpoint from a newer version fails loudly; keys
+    a class lists in its `RETIRED_KEYS` (settings that moved elsewhere) are dropped.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED_KEYS", ())
+    data = {k: v for k, v in data.items() if k not in retired}
     unknown = set(data) - set(fields)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid: {sorted(fields)}")

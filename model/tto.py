@@ -1,57 +1,54 @@
 """Test-time optimisation (TTO) from the meta-parameters (ARCHITECTURE §3).
 
-`fit` adapts a per-person copy of f_w's weights to that person's 2D keypoints:
+`fit` adapts a per-person copy of f_w's weights to that person's 2D keypoints, in three
+named stages (`fit_group`, the one step loop):
 
-- step 0: one SGD step on L_test-u (2D keypoints + agreement with f_u's prediction);
-- Adam steps: on the 2D keypoint loss only, until `TTOConfig.steps` or until the loss
-  changes by less than `TTOConfig.early_stop`;
+1. **step 0**: one SGD step on L_test-u (2D keypoints + agreement with f_u's prediction),
+   `model.tto_step.inner_step` — the very step meta-training differentiates through;
+2. **Adam steps**: on the 2D keypoint loss only, up to `TTOConfig.steps`
+   (`torch.optim.Adam`, its fused kernel where the device has one);
+3. **early stop**: a person stops once their 2D loss changes by less than
+   `TTOConfig.early_stop`; their weights from that step are the ones kept.
 
-with BatchNorm and dropout in eval mode. The scope says which weights adapt: "head" (the
-regressor head over fixed backbone features) or "full" (everything).
-
-The functional core (`predict`, `step_loss`, `inner_step`) takes parameters as a dict, so
-meta-training calls the very same `inner_step` (first- or second-order) that the TTO uses.
-With ``per_sample=True`` every adapted tensor carries a leading person dimension and the
-forward runs under `torch.func.vmap`: each person gets their own weights and gradient.
+BatchNorm and dropout stay in eval mode. The scope says which weights adapt: "head" (the
+regressor head over fixed backbone features) or "full" (everything). `TTORuntime` says how
+the steps run here (threads; compiled steps, see `model.tto_step.loss_and_grad`; all
+people in one pass or one by one); the fit is the same either way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
 
-from model.config import LossWeights, TTOConfig
-from model.losses import LossTerms, check_finite, loss_test_u, reprojected_keypoint_loss
+from model.config import TTOConfig, TTORuntime
+from model.keypoints import get_format
+from model.losses import KEYPOINT_FORMATS
 from model.outputs import BodyOutput, CropInfo, FitResult, RegressorOutput, SMPLParams
 from model.regressor import Regressor
+from model.tto_step import (
+    BodyModelLike,
+    Params,
+    StepBatch,
+    compile_failure,
+    inner_step,
+    loss_and_grad,
+    run_compiled,
+    step_loss,
+)
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "SKIP_NO_KEYPOINTS", "TTOInputs", "adapted_parameter_names", "compile_failure",
+    "default_batched", "fit", "fit_group", "warm_up",
+]
 
-OBJECTIVES = ("test_u", "2d")
-_KEYPOINT_COUNTS = {"coco17": 17, "openpose25": 25, "smpl24": 24}
 SKIP_NO_KEYPOINTS = "no keypoint with confidence > 0"
-# People fitted in one pass by the fused head engine (each with their own weight copy, about
-# 21 MB for a 1024-wide head with every weight adapting).
-FUSED_GROUP = 16
-
-Params = dict[str, Tensor]
-
-
-class BodyModelLike(Protocol):
-    """What the TTO needs of `model.body.BodyModel`."""
-
-    def __call__(self, params: SMPLParams) -> BodyOutput: ...  # full mesh
-
-    def keypoints_only(self, params: SMPLParams) -> BodyOutput: ...  # vertices None
 
 
 @dataclass(frozen=True)
@@ -71,312 +68,6 @@ class TTOInputs:
     keypoint_format: str = "coco17"
     images: Tensor | None = None
     features: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class StepBatch:
-    """The data one inner step sees.
-
-    args: the module's inputs: (features (B, F) or images (B, 3, H, W), bbox_info (B, 3)),
-        for a head optionally followed by its cached feature_term (B, hidden).
-    keypoints: (B, K, 3). aux / aux_body: f_u's prediction and its posed body (full mesh for
-    the vertex term), or None for a 2D-only step 0.
-    """
-
-    args: tuple[Tensor, ...]
-    keypoints: Tensor
-    crop: CropInfo
-    keypoint_format: str = "coco17"
-    aux: RegressorOutput | None = None
-    aux_body: BodyOutput | None = None
-
-
-@dataclass(frozen=True)
-class StepLoss:
-    """loss: what to differentiate (scalar). per_sample: (B,) per-person totals.
-    terms: every term with reduction "none". pred: the prediction it was computed from."""
-
-    loss: Tensor
-    per_sample: Tensor
-    terms: LossTerms
-    pred: RegressorOutput
-
-
-# --- functional core -----------------------------------------------------------------------
-
-
-def predict(
-    module: nn.Module,
-    params: Params,
-    args: tuple[Tensor, ...],
-    buffers: Params | None = None,
-    per_sample: bool = False,
-) -> RegressorOutput:
-    """Run `module` (a `Regressor` or `RegressorHead`) with `params` replacing its own.
-
-    params: any subset of the module's parameters; the rest are the module's own.
-    per_sample: each tensor in params is (B, ...) — one copy per sample — and sample i of
-    `args` runs with copy i (under `torch.func.vmap`).
-    """
-    tensors = {**params, **(buffers or {})}
-    if not per_sample:
-        return functional_call(module, tensors, args)
-
-    def one(p: Params, *xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = functional_call(module, {**p, **(buffers or {})}, tuple(x[None] for x in xs))
-        prm = out.params
-        return prm.global_orient[0], prm.body_pose[0], prm.betas[0], out.crop_cam[0]
-
-    go, bp, betas, cam = vmap(one)(params, *args)
-    return RegressorOutput(SMPLParams(go, bp, betas), cam)
-
-
-def step_loss(
-    module: nn.Module,
-    params: Params,
-    batch: StepBatch,
-    body: BodyModelLike,
-    *,
-    objective: str,
-    weights: LossWeights,
-    buffers: Params | None = None,
-    per_sample: bool = False,
-) -> StepLoss:
-    """The TTO objective of a prediction with `params`.
-
-    objective: "test_u" (L_test-u; its agreement terms need batch.aux) or "2d" (the
-    unweighted 2D keypoint loss, what the Adam steps minimise).
-    The loss to differentiate is the batch mean, or with per_sample the sum of per-person
-    losses (so each person's gradient is that person's own).
-    """
-    pred = predict(module, params, batch.args, buffers, per_sample)
-    return prediction_loss(
-        pred, batch, body, objective=objective, weights=weights, per_sample=per_sample
-    )
-
-
-def prediction_loss(
-    pred: RegressorOutput,
-    batch: StepBatch,
-    body: BodyModelLike,
-    *,
-    objective: str,
-    weights: LossWeights,
-    per_sample: bool = False,
-) -> StepLoss:
-    """`step_loss` of a given prediction (B people): the loss half of a step."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; valid: {OBJECTIVES}")
-    if objective == "2d":
-        per = reprojected_keypoint_loss(
-            pred,
-            body.keypoints_only(pred.params),
-            batch.keypoints,
-            batch.crop,
-            batch.keypoint_format,
-            reduction="none",
-        )
-        zero = torch.zeros_like(per)
-        terms = LossTerms(per, per, zero, zero, zero, zero, zero)
-    else:
-        # The vertex term needs the full mesh; skip it when there is nothing to agree with.
-        needs_mesh = batch.aux_body is not None and batch.aux_body.vertices is not None
-        pred_body = body(pred.params) if needs_mesh else body.keypoints_only(pred.params)
-        terms = loss_test_u(
-            pred,
-            pred_body,
-            batch.keypoints,
-            batch.crop,
-            weights,
-            batch.aux,
-            batch.aux_body,
-            batch.keypoint_format,
-            reduction="none",
-        )
-        per = terms.total
-    loss = per.sum() if per_sample else per.mean()
-    return StepLoss(loss, per, terms, pred)
-
-
-def loss_and_grad(
-    module: nn.Module,
-    params: Params,
-    batch: StepBatch,
-    body: BodyModelLike,
-    *,
-    objective: str,
-    weights: LossWeights,
-    per_sample: bool = False,
-    compiled: bool = False,
-) -> tuple[list[Tensor], StepLoss]:
-    """`step_loss` and its gradient with respect to each of `params` (in their order).
-
-    compiled=False: eager forward, then `torch.autograd.grad`. compiled=True: forward and
-    backward as one `torch.compile`d graph of `torch.func.grad_and_value(step_loss)` (the
-    same maths; a graph is compiled once per shape and objective, then reused), which
-    removes the per-operation overhead that dominates a small head's step on a CPU. The
-    gradients are constants either way (no graph through them).
-    """
-    if compiled and _COMPILE_FAILURE is None:
-        try:
-            grad_fn = _compiled_grad(objective, per_sample)
-            grads_by_name, (total, (per, terms, pred)) = grad_fn(
-                params, module, batch, body, weights
-            )
-        except Exception as exc:  # no C++ compiler, an unsupported backend, ...
-            log.debug("torch.compile failure", exc_info=True)
-            _compile_failed(exc)
-        else:
-            check_finite(per, "the TTO loss")  # skipped inside the graph
-            grads = [grads_by_name[n] for n in params]
-            return grads, StepLoss(total, per, LossTerms(*terms), _unflat_pred(pred))
-    result = step_loss(
-        module, params, batch, body, objective=objective, weights=weights, per_sample=per_sample
-    )
-    names = list(params)
-    grads_or_none = torch.autograd.grad(result.loss, [params[n] for n in names], allow_unused=True)
-    return [
-        torch.zeros_like(params[n]) if g is None else g
-        for n, g in zip(names, grads_or_none, strict=True)
-    ], result
-
-
-_COMPILED: dict[tuple[str, bool], Callable[..., Any]] = {}
-_RECOMPILE_LIMIT = 64
-_COMPILE_FAILURE: str | None = None  # why torch.compile failed in this process, if it did
-
-
-def _compile_failed(exc: Exception) -> None:
-    """Remember that compiling failed; every later step runs eager (the same maths)."""
-    global _COMPILE_FAILURE
-    _COMPILE_FAILURE = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    log.warning("TTO: torch.compile failed (%s); running the steps eagerly", _COMPILE_FAILURE)
-
-
-def compile_failure() -> str | None:
-    """Why the compiled TTO steps fell back to eager in this process (None: they did not)."""
-    return _COMPILE_FAILURE
-
-
-_COMPILED_FNS: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) as a `torch.compile`d graph (compiled on first use, once per function),
-    or None when compiling failed (then this process runs everything eagerly).
-
-    With inductor's C++ wrapper, a call costs a third less here than with its Python one.
-    """
-    if _COMPILE_FAILURE is not None:
-        return None
-    try:
-        if fn not in _COMPILED_FNS:
-            _allow_recompiles()
-            _COMPILED_FNS[fn] = torch.compile(fn, options={"cpp_wrapper": True})
-        return _COMPILED_FNS[fn](*args)
-    except Exception as exc:  # no C++ compiler, an unsupported backend, ...
-        log.debug("torch.compile failure", exc_info=True)
-        _compile_failed(exc)
-        return None
-
-
-def _allow_recompiles() -> None:
-    """Raise dynamo's per-function recompile limit: a compiled TTO function gets a graph per
-    objective, adapted subset, network shape and (static, then dynamic) number of people,
-    and the default limit (8) would silently drop the rest to eager."""
-    limit = max(int(torch._dynamo.config.recompile_limit), _RECOMPILE_LIMIT)
-    torch._dynamo.config.recompile_limit = limit
-
-
-def _compiled_grad(objective: str, per_sample: bool) -> Callable[..., Any]:
-    """The compiled ``grad_and_value`` of the flat step loss, one per (objective, per_sample).
-
-    One function object per key, so torch.compile's cache (and its recompilation for a new
-    number of people, after which the batch size is dynamic) is shared by every fit.
-    """
-    key = (objective, per_sample)
-    if key not in _COMPILED:
-        # Every key's graphs hang off the same traced frame (functorch's wrapper).
-        _allow_recompiles()
-
-        def flat(
-            params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
-            weights: LossWeights,
-        ) -> tuple[Tensor, tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]]:
-            r = step_loss(
-                module, params, batch, body, objective=objective, weights=weights,
-                per_sample=per_sample,
-            )
-            terms = tuple(getattr(r.terms, f.name) for f in dataclasses.fields(r.terms))
-            prm = r.pred.params
-            pred = (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
-            return r.loss, (r.per_sample.detach(), terms, pred)
-
-        _COMPILED[key] = torch.compile(grad_and_value(flat, has_aux=True))
-    return _COMPILED[key]
-
-
-def _unflat_pred(pred: tuple[Tensor, ...]) -> RegressorOutput:
-    go, bp, betas, cam = (t.detach() for t in pred)
-    return RegressorOutput(SMPLParams(go, bp, betas), cam)
-
-
-def inner_step(
-    module: nn.Module,
-    params: Params,
-    batch: StepBatch,
-    body: BodyModelLike,
-    *,
-    lr: float,
-    weights: LossWeights,
-    objective: str = "test_u",
-    buffers: Params | None = None,
-    per_sample: bool = False,
-    first_order: bool = True,
-    compiled: bool = False,
-) -> tuple[Params, StepLoss]:
-    """One SGD step on the TTO objective: ``w' = w - lr * grad``. Returns (w', the loss at w).
-
-    params must require grad (leaves for the TTO; the live parameters, or tensors derived
-    from them, in meta-training). first_order=False keeps the graph of the gradient, so an
-    outer loss on w' differentiates through the step (second-order MAML); first_order=True
-    treats the gradient as a constant (w' still depends on w through the identity term).
-    compiled: compute the loss and gradient as one compiled graph (`loss_and_grad`); the
-    TTO's step 0 uses it, meta-training (whose w' must stay differentiable in w) does not.
-    """
-    names = list(params)
-    if compiled:
-        if not first_order or buffers:
-            raise ValueError("a compiled inner step is first-order and takes no buffers")
-        plain = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        grad_list, result = loss_and_grad(
-            module, plain, batch, body, objective=objective, weights=weights,
-            per_sample=per_sample, compiled=True,
-        )
-        return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
-    result = step_loss(
-        module,
-        params,
-        batch,
-        body,
-        objective=objective,
-        weights=weights,
-        buffers=buffers,
-        per_sample=per_sample,
-    )
-    grads = torch.autograd.grad(
-        result.loss,
-        [params[n] for n in names],
-        create_graph=not first_order,
-        allow_unused=True,
-    )
-    updated = {}
-    for name, grad in zip(names, grads, strict=True):
-        if grad is None:  # a parameter this objective does not reach
-            updated[name] = params[name]
-            continue
-        updated[name] = params[name] - lr * (grad.detach() if first_order else grad)
-    return updated, result
 
 
 def adapted_parameter_names(
@@ -400,21 +91,24 @@ def warm_up(
     regressor: Regressor,
     body: BodyModelLike,
     config: TTOConfig,
+    runtime: TTORuntime,
     people: tuple[int, ...] = (1, 2),
     keypoint_format: str = "coco17",
 ) -> float:
-    """Compile the TTO's graphs before the first request (config.compile; "head" scope).
+    """Compile the TTO's graphs before the first request (runtime.compile; "head" scope).
 
     Fits a made-up scene of each size in `people` (1, then 2: the second compile makes the
-    number of people dynamic, so every later size reuses it). Returns the seconds it took.
-    No-op (0.0) when config.compile is off or the scope is not "head".
+    number of people dynamic, so every later size reuses it) with every stage a request
+    runs: step 0 (on L_test-u with an auxiliary prediction), an Adam step and the final
+    evaluation. Returns the seconds it took. No-op (0.0) when runtime.compile is off or the
+    scope is not "head".
     """
-    if not config.compile or config.scope != "head":
+    if not runtime.compile or config.scope != "head":
         return 0.0
     device = next(regressor.parameters()).device
     start = time.perf_counter()
     for n in people:
-        k = _KEYPOINT_COUNTS[keypoint_format]
+        k = get_format(keypoint_format).num_keypoints
         crop = CropInfo.from_boxes(
             torch.full((n, 2), 200.0), torch.full((n,), 300.0), torch.full((n, 2), 400.0)
         ).to(device)
@@ -423,7 +117,8 @@ def warm_up(
         with torch.no_grad():
             aux = regressor.head(features, crop.bbox_info())
         inputs = TTOInputs(keypoints.to(device), crop, keypoint_format, features=features)
-        fit(regressor, inputs, body, dataclasses.replace(config, steps=1, early_stop=0.0), aux)
+        fit(regressor, inputs, body, dataclasses.replace(config, steps=1, early_stop=0.0), aux,
+            runtime=runtime)  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -437,31 +132,31 @@ def fit(
     config: TTOConfig | None = None,
     aux: RegressorOutput | None = None,
     *,
-    batched: bool | None = None,
+    runtime: TTORuntime | None = None,
     on_step: Callable[[int, int], None] | None = None,
     record_steps: tuple[int, ...] = (),
 ) -> FitResult:
     """Adapt a copy of `regressor`'s weights to each person's 2D keypoints.
 
     regressor: f_w (its own weights are not changed). aux: f_u's prediction for the same
-    people (B), used by step 0 when config.use_aux. batched: fit all people of the "head"
-    scope at once (per-person weight copies) instead of one by one; the results are
-    equal. None (default) picks the faster (`default_batched`).
-    on_step(step, total): progress callback after each update.
+    people (B), used by step 0 when config.use_aux. runtime: threads, compiled steps, and
+    whether the "head" scope fits everyone in one pass (`TTORuntime`; the results are
+    equal). on_step(step, total): progress callback after each update.
     record_steps: Adam step counts (0..config.steps) whose predictions `FitResult.recorded`
     keeps, so one fit gives a whole error-vs-steps curve (needs early_stop == 0: with an
     early stop, people would stop at different steps).
     The device is the inputs' device; the regressor must already be there.
     """
     config = config or TTOConfig()
+    runtime = runtime or TTORuntime()
     _validate(inputs, aux, config)
     bad = [k for k in record_steps if not 0 <= k <= config.steps]
     if bad:
         raise ValueError(f"record_steps must lie in 0..{config.steps} (config.steps), got {bad}")
     if record_steps and config.early_stop > 0:
         raise ValueError("record_steps needs early_stop = 0 (every person runs every step)")
-    with _eval_mode(regressor), _threads(config.num_threads), torch.enable_grad():
-        return _fit(regressor, inputs, body, config, aux, batched, on_step, tuple(record_steps))
+    with _eval_mode(regressor), _threads(runtime.num_threads), torch.enable_grad():
+        return _fit(regressor, inputs, body, config, aux, runtime, on_step, tuple(record_steps))
 
 
 def _fit(
@@ -470,10 +165,12 @@ def _fit(
     body: BodyModelLike,
     config: TTOConfig,
     aux: RegressorOutput | None,
-    batched: bool | None,
+    runtime: TTORuntime,
     on_step: Callable[[int, int], None] | None,
-    record_steps: tuple[int, ...] = (),
+    record_steps: tuple[int, ...],
 ) -> FitResult:
+    """Split the people into groups (everyone with a keypoint: one pass, or one each) and
+    run `fit_group` on each; people with no confident keypoint keep the regression."""
     bbox_info = inputs.crop.bbox_info()
     if config.scope == "head":
         module: nn.Module = regressor.head
@@ -498,14 +195,9 @@ def _fit(
             out = module(x[skipped], bbox_info[skipped])
         for k, i in enumerate(skipped):
             records[i] = _PersonRecord.skipped_with(out.select(k), SKIP_NO_KEYPOINTS, record_steps)
-    from model import head_tto  # it builds on this module
-
-    fused = config.scope == "head" and config.fused_head and head_tto.supported(module, names)
-    if batched is None:
-        batched = default_batched(config, fused)
+    batched = default_batched(config) if runtime.batched is None else runtime.batched
     if config.scope == "head" and batched and people:
-        size = FUSED_GROUP if fused else len(people)
-        groups = [people[i : i + size] for i in range(0, len(people), size)]
+        groups = [people]
     else:
         groups = [[i] for i in people]
     progress = _GroupProgress(on_step, len(groups))
@@ -516,35 +208,24 @@ def _fit(
             inputs.keypoints[idx],
             inputs.crop.select(idx),
             inputs.keypoint_format,
-            *_aux_for(aux, idx, body, config),
+            *_aux_for(aux, idx, body, config, runtime),
         )
-        if fused:
-            run = head_tto.fit_group(
-                regressor.head, names, x[idx], bbox_info[idx], batch, body, config,
-                on_step=progress.of(g), record_steps=record_steps,
-            )
-        else:
-            start = {n: own[n].detach() for n in names}
-            run = _fit_group(
-                module, start, batch, body, config, per_sample=len(group) > 1,
-                on_step=progress.of(g), record_steps=record_steps,
-            )
+        run = fit_group(
+            module, {n: own[n].detach() for n in names}, batch, body, config,
+            per_sample=len(group) > 1, compiled=runtime.compile, on_step=progress.of(g),
+            record_steps=record_steps,
+        )
         for k, i in enumerate(group):
             records[i] = run.person(k)
     return _assemble([records[i] for i in range(len(active))], config.scope)
 
 
-def default_batched(config: TTOConfig, fused: bool) -> bool:
-    """Whether `fit(batched=None)` fits a head scope's people in one pass: the faster of the
-    two as measured in `docs/benchmarks.md` (the answers are equal either way).
-
-    Batched when only the output layers adapt. With every head weight adapting, a step is
-    bound by the traffic over each person's weight copy: the generic path's vmap and the
-    compiled fused steps are faster one person at a time, the eager fused steps batched.
-    """
-    if config.head_subset == "output":
-        return True
-    return fused and not config.compile
+def default_batched(config: TTOConfig) -> bool:
+    """Whether `fit` fits a head scope's people in one pass when the runtime does not say
+    (the answers are equal either way): when only the output layers adapt. With every head
+    weight adapting, a step is bound by the traffic over each person's weight copy, and one
+    person at a time is the faster (`docs/benchmarks.md`)."""
+    return config.head_subset == "output"
 
 
 class _GroupProgress:
@@ -570,7 +251,9 @@ class _GroupProgress:
 
 
 @dataclass
-class _GroupRun:
+class GroupRun:
+    """What `fit_group` found for its P people (each tensor (P,) or (P, ...))."""
+
     initial: RegressorOutput
     final: RegressorOutput
     history: list[Tensor]  # each (P,) 2D losses before an update
@@ -614,7 +297,7 @@ class _PersonRecord:
         return _PersonRecord(initial, initial, (), 0.0, None, 0, False, recorded, reason)
 
 
-def _fit_group(
+def fit_group(
     module: nn.Module,
     start: Params,
     batch: StepBatch,
@@ -622,157 +305,140 @@ def _fit_group(
     config: TTOConfig,
     *,
     per_sample: bool,
-    on_step: Callable[[int, int], None] | None,
+    compiled: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
     record_steps: tuple[int, ...] = (),
-) -> _GroupRun:
-    """The staged fit of P people (one weight copy each when per_sample, else P = 1)."""
+) -> GroupRun:
+    """The staged fit of P people: step 0, Adam steps, early stop.
+
+    module: what adapts (f_w's head, or f_w); start: the weights it adapts from (names of
+    `module`'s parameters). per_sample: P people, each with their own copy of the weights
+    (a leading person dimension, `torch.func.vmap`); otherwise P = 1. compiled: each
+    step's forward and loss as a compiled graph (`model.tto_step.loss_and_grad`).
+    """
     n_people = batch.keypoints.shape[0]
     total = 1 + config.steps
-    expand = (lambda t: t.expand(n_people, *t.shape).clone()) if per_sample else torch.clone
-    params = {n: expand(p).requires_grad_(True) for n, p in start.items()}
-    use_aux = config.use_aux and batch.aux is not None
+    params = {n: _copies(p, n_people, per_sample).requires_grad_(True) for n, p in start.items()}
 
-    # Step 0: one SGD step on L_test-u (2D + agreement with f_u), through `inner_step`.
+    # Step 0: one SGD step on L_test-u (2D + agreement with f_u; 2D only without f_u).
+    use_aux = config.use_aux and batch.aux is not None
     stepped, loss0 = inner_step(
-        module,
-        params,
-        batch,
-        body,
-        lr=config.sgd_lr,
-        weights=config.loss_weights,
-        objective="test_u" if use_aux else "2d",
-        per_sample=per_sample,
-        compiled=config.compile,
+        module, params, batch, body, lr=config.sgd_lr, weights=config.loss_weights,
+        objective="test_u" if use_aux else "2d", per_sample=per_sample, compiled=compiled,
     )
     params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
-    history = [loss0.terms.keypoints_2d.detach()]
-    steps_run = torch.ones(n_people, dtype=torch.long)
-    stopped = torch.zeros(n_people, dtype=torch.bool)
+    stop = _EarlyStop(config.early_stop, loss0.terms.keypoints_2d.detach())
     _notify(on_step, 1, total)
 
-    # Adam steps on the 2D keypoint loss only, with a per-person early stop.
+    # Adam steps on the 2D keypoint loss only, each person stopping on their own.
     optimizer = _adam(list(params.values()), config)
-    frozen: Params | None = None  # weights of people who stopped, kept from their last step
     recorded: dict[int, RegressorOutput] = {}
     for step in range(1, config.steps + 1):
         # autograd.grad (inside loss_and_grad), not backward(): only the adapted copies get
         # gradients (backward would also fill .grad of the regressor's own parameters).
         grads, current = loss_and_grad(
             module, params, batch, body, objective="2d", weights=config.loss_weights,
-            per_sample=per_sample, compiled=config.compile,
+            per_sample=per_sample, compiled=compiled,
         )
         if step - 1 in record_steps:  # this step's forward is the prediction after step - 1
             recorded[step - 1] = current.pred.detach()
-        # contiguous(): vmap returns transposed weight gradients, and fused Adam on CPU
-        # (torch 2.13) reads a gradient as if it had its parameter's strides.
-        optimizer.step([g.contiguous() for g in grads])
-        losses = current.per_sample.detach()
-        running = ~stopped
-        steps_run += running.long()
-        history.append(losses)
-        newly = running & ((losses - history[-2]).abs() < config.early_stop)
-        if bool(newly.any()):
-            frozen = _freeze(frozen, params, newly)
-            stopped |= newly
+        for p, g in zip(params.values(), grads, strict=True):
+            # contiguous(): vmap returns transposed weight gradients, and fused Adam on CPU
+            # (torch 2.13) reads a gradient as if it had its parameter's strides.
+            p.grad = g.contiguous()
+        optimizer.step()
+        stop.update(current.per_sample.detach(), params)
         _notify(on_step, step + 1, total)
-        if bool(stopped.all()):
+        if stop.everyone:
             break
 
-    final_params = _merge_frozen(params, frozen, stopped)
     with torch.no_grad():
         last = step_loss(
-            module,
-            final_params,
-            batch,
-            body,
-            objective="2d",
-            weights=config.loss_weights,
-            per_sample=per_sample,
+            module, stop.kept(params), batch, body, objective="2d",
+            weights=config.loss_weights, per_sample=per_sample,
         )
     if config.steps in record_steps:
         recorded[config.steps] = last.pred.detach()
-    return _GroupRun(
+    return GroupRun(
         initial=loss0.pred.detach(),
         final=last.pred.detach(),
-        history=history,
+        history=stop.history,
         final_loss=last.per_sample.detach(),
         test_u=loss0.per_sample.detach(),
-        steps_run=steps_run,
-        stopped=stopped,
+        steps_run=stop.steps_run,
+        stopped=stop.stopped,
         recorded=recorded,
     )
 
 
-def _freeze(frozen: Params | None, params: Params, newly: Tensor) -> Params:
-    """Remember the current weights of the people in `newly` (P,) bool."""
-    if frozen is None:
-        return {n: p.detach().clone() for n, p in params.items()}
-    for n, p in params.items():
-        frozen[n][newly] = p.detach()[newly]
-    return frozen
+class _EarlyStop:
+    """Stage 3: each person's 2D loss history and whether they stopped. A person stops once
+    their loss changes by less than `threshold` between Adam steps; their weights at that
+    step are the ones `kept` returns, whatever later steps (of the others) do."""
 
+    def __init__(self, threshold: float, step0_loss: Tensor) -> None:
+        self.threshold = threshold
+        self.history = [step0_loss]  # each (P,): the 2D loss before an update
+        self.steps_run = torch.ones(step0_loss.shape[0], dtype=torch.long)
+        self.stopped = torch.zeros(step0_loss.shape[0], dtype=torch.bool)
+        self.frozen: Params | None = None  # weights of people who stopped
 
-def _merge_frozen(params: Params, frozen: Params | None, stopped: Tensor) -> Params:
-    if frozen is None:
-        return {n: p.detach() for n, p in params.items()}
-    merged = {}
-    for n, p in params.items():
-        mask = stopped.reshape(-1, *([1] * (p.dim() - 1)))
-        merged[n] = torch.where(mask, frozen[n], p.detach())
-    return merged
+    @property
+    def everyone(self) -> bool:
+        return bool(self.stopped.all())
 
-
-class FusedAdam:
-    """`torch.optim.Adam(fused=True)` without the Optimizer machinery: the same kernel
-    (`torch._fused_adam_`) on the same state, called directly with the gradients.
-
-    Fused Adam does the whole update in one kernel per tensor (4-10x less Adam time on this
-    CPU than the per-op path), and skipping `Optimizer.step`'s bookkeeping saves a sizeable
-    part of a head-scope TTO step. Adam is elementwise, so stacked per-person weights get
-    exactly the per-person update. Devices without the fused kernel use torch.optim.Adam.
-    """
-
-    def __init__(self, params: list[Tensor], config: TTOConfig) -> None:
-        self.params = params
-        self.lr, self.eps = config.adam_lr, config.adam_eps
-        self.betas = config.adam_betas
-        self.fused = params[0].device.type in ("cpu", "cuda")
-        if not self.fused:
-            self._fallback = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+    def update(self, losses: Tensor, params: Params) -> None:
+        """After an Adam step whose forward gave `losses` (P,)."""
+        running = ~self.stopped
+        self.steps_run += running.long()
+        self.history.append(losses)
+        newly = running & ((losses - self.history[-2]).abs() < self.threshold)
+        if not bool(newly.any()):
             return
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        self.state_steps = [torch.zeros((), device=p.device) for p in params]
+        if self.frozen is None:
+            self.frozen = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            for n, p in params.items():
+                self.frozen[n][newly] = p.detach()[newly]
+        self.stopped |= newly
 
-    def step(self, grads: list[Tensor]) -> None:
-        """One Adam update of the parameters (in place) with these gradients."""
-        if not self.fused:
-            for p, g in zip(self.params, grads, strict=True):
-                p.grad = g
-            self._fallback.step()
-            return
-        with torch.no_grad():
-            torch._foreach_add_(self.state_steps, 1)
-            torch._fused_adam_(
-                self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.state_steps,
-                amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-                weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
-            )
+    def kept(self, params: Params) -> Params:
+        """The weights to keep: a stopped person's from their stop, the others' current."""
+        if self.frozen is None:
+            return {n: p.detach() for n, p in params.items()}
+        kept = {}
+        for n, p in params.items():
+            mask = self.stopped.reshape(-1, *([1] * (p.dim() - 1)))
+            kept[n] = torch.where(mask, self.frozen[n], p.detach())
+        return kept
 
 
-def _adam(params: list[Tensor], config: TTOConfig) -> FusedAdam:
-    return FusedAdam(params, config)
+def _copies(t: Tensor, n_people: int, per_sample: bool) -> Tensor:
+    """A fresh copy of a weight: one per person (a leading dimension) when per_sample."""
+    return t.expand(n_people, *t.shape).clone() if per_sample else t.clone()
+
+
+def _adam(params: list[Tensor], config: TTOConfig) -> torch.optim.Adam:
+    """Adam over the adapted weights; its fused kernel (one kernel per tensor, several times
+    less Adam time on a CPU) where the device has one. Adam is elementwise, so stacked
+    per-person weights get exactly the per-person update."""
+    fused = params[0].device.type in ("cpu", "cuda") if params else False
+    return torch.optim.Adam(
+        params, lr=config.adam_lr, betas=config.adam_betas, eps=config.adam_eps,
+        fused=fused or None,
+    )
 
 
 def _aux_for(
-    aux: RegressorOutput | None, idx: Tensor, body: BodyModelLike, config: TTOConfig
+    aux: RegressorOutput | None, idx: Tensor, body: BodyModelLike, config: TTOConfig,
+    runtime: TTORuntime,
 ) -> tuple[RegressorOutput | None, BodyOutput | None]:
     if aux is None or not config.use_aux:
         return None, None
     sub = aux.select(idx).detach()
     needs_mesh = config.loss_weights.vertices != 0
     with torch.no_grad():
-        aux_body = run_compiled(_pose, body, sub.params, needs_mesh) if config.compile else None
+        aux_body = run_compiled(_pose, body, sub.params, needs_mesh) if runtime.compile else None
         if aux_body is None:
             aux_body = _pose(body, sub.params, needs_mesh)
     return sub, aux_body
@@ -828,12 +494,12 @@ def _plain(t: Tensor) -> Tensor:
 def _validate(inputs: TTOInputs, aux: RegressorOutput | None, config: TTOConfig) -> None:
     kp = inputs.keypoints
     fmt = inputs.keypoint_format
-    if fmt not in _KEYPOINT_COUNTS:
+    if fmt not in KEYPOINT_FORMATS:
         raise ValueError(
-            f"unsupported keypoint format {fmt!r}; valid: {tuple(_KEYPOINT_COUNTS)} "
+            f"unsupported keypoint format {fmt!r}; valid: {KEYPOINT_FORMATS} "
             "(convert others with model.keypoints.convert_keypoints)"
         )
-    n_kp = _KEYPOINT_COUNTS[fmt]
+    n_kp = get_format(fmt).num_keypoints
     if not isinstance(kp, Tensor) or kp.dim() != 3 or kp.shape[1:] != (n_kp, 3):
         shape = tuple(kp.shape) if isinstance(kp, Tensor) else type(kp).__name__
         raise ValueError(f"keypoints must be (B, {n_kp}, 3) [x, y, conf] for {fmt}, got {shape}")

@@ -32,6 +32,12 @@ class Settings(JobStoreSettings):
     # Submissions per minute per API key (per client address without keys); 0 = unlimited.
     rate_limit_per_min: int = Field(default=60, ge=0)
     max_people: int = Field(default=16, ge=1)
+    # Video uploads (service/video.py). They travel with the job, so the worker holds the
+    # decoded video to the same duration, frame and pixel limits.
+    max_video_mb: float = Field(default=50.0, gt=0, le=4096)
+    max_video_s: float = Field(default=20.0, gt=0, le=3600)
+    max_video_frames: int = Field(default=900, ge=1, le=100_000)
+    max_video_pixels: int = Field(default=1920 * 1080, gt=0)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
 

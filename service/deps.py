@@ -29,6 +29,7 @@ from service.metrics import ApiMetrics
 from service.queue import TaskQueue
 from service.schemas import check_against_image
 from service.uploads import CheckedImage, ImageLimits, UploadError, check_image
+from service.video import CheckedVideo, VideoLimits, check_video, sniff_video
 
 # Room for the `options` part and multipart framing on top of the image limit.
 OPTIONS_MAX_BYTES = 1024 * 1024
@@ -63,6 +64,13 @@ class AppState:
     def limits(self) -> ImageLimits:
         s = self.settings
         return ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side, s.max_image_side)
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        s = self.settings
+        return VideoLimits(
+            int(s.max_video_mb * 1024 * 1024), s.max_video_s, s.max_video_frames, s.max_video_pixels
+        )
 
 
 def get_state(request: Request) -> AppState:
@@ -188,7 +196,7 @@ async def rate_limited(state: StateDep, caller: CallerDep) -> Caller:
 
 @dataclass(frozen=True)
 class RecoverRequest:
-    image: CheckedImage
+    image: CheckedImage | CheckedVideo  # a video: sent in the same 'image' part
     options: RecoverOptions
     caller: Caller
 
@@ -304,10 +312,13 @@ async def valid_recover_request(
     request: Request, state: StateDep, caller: Annotated[Caller, Depends(rate_limited)]
 ) -> RecoverRequest:
     """The checked image and options of POST /recover, or an ApiError."""
-    limit = state.settings.max_upload_bytes + OPTIONS_MAX_BYTES
+    limit = max(state.settings.max_upload_bytes, state.video_limits.max_bytes) + OPTIONS_MAX_BYTES
     image_bytes, options_bytes = await _read_form(request, limit)
     options = parse_options(options_bytes)
     await _check_scope(state, options)
+    if sniff_video(image_bytes):
+        return RecoverRequest(image=_checked_video(image_bytes, options, state), options=options,
+                              caller=caller)  # fmt: skip
     try:
         image = await run_in_threadpool(check_image, image_bytes, state.limits)
         check_against_image(options, image.width, image.height, state.settings.max_people)
@@ -316,6 +327,18 @@ async def valid_recover_request(
     except ValueError as exc:
         raise ApiError(422, "invalid_options", str(exc)) from exc
     return RecoverRequest(image=image, options=options, caller=caller)
+
+
+def _checked_video(data: bytes, options: RecoverOptions, state: AppState) -> CheckedVideo:
+    """A video upload's container check (`service.video`); its people are found per frame."""
+    if options.people:
+        raise ApiError(
+            422, "invalid_options", "options.people is for images; a video's people are found in every frame"
+        )
+    try:
+        return check_video(data, state.video_limits)
+    except UploadError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
 
 
 RecoverDep = Annotated[RecoverRequest, Depends(valid_recover_request)]

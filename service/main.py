@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
 from service.contract import RecoverOptions
+from service.demo import install_pages
 from service.deps import ApiError, AppState
 from service.jobs import JobStore, configure_logging
 from service.metrics import ApiMetrics
@@ -55,12 +56,18 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="metahmr",
         version=_version(),
-        description="Human mesh recovery: POST an image, poll the job, read SMPL parameters.",
+        description="Human mesh recovery: POST an image, poll the job, read SMPL parameters. "
+        "A page for people: /demo.",
+        # FastAPI's own pages load their scripts from a CDN; /docs is served from this
+        # package instead (service.demo), and there is no /redoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.metahmr = AppState(
         settings=settings, store=store, queue=queue, metrics=ApiMetrics(store, settings.queue_name)
     )
     app.include_router(router)
+    install_pages(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     _install_error_handlers(app)
     app.middleware("http")(_observe_request)

@@ -4,7 +4,7 @@ Per batch, from the pre-trained (or current) weights w of f_w and u of f_u:
 
 1. pseudo target: f_u(x) in eval mode, detached (what f_u gives at test time);
 2. inner step: w' = w - alpha * grad_w L_test-u(f_w(x), f_u(x), kp2d), through the same
-   `model.tto.inner_step` the test-time TTO runs (per sample under vmap, or the batch as
+   `model.tto_step.inner_step` the test-time TTO runs (per sample under vmap, or the batch as
    one task; first-order by default, second-order optionally);
 3. outer losses: L_train(f_w'(x), gt) for w (its gradient reaches w through w'), and
    L_train(f_u(x), gt) for u; one backward for both, the loop then updates w and u.
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model import tto
+from model import tto_step
 from model.body import BodyModel
 from model.checkpoint import Checkpoint, checkpoint_from_models, load_checkpoint
 from model.config import LossWeights, TTOConfig
@@ -65,7 +65,7 @@ class MetaStep:
     """One meta step's losses: inner (L_test-u at w), outer (L_train at w'), pre_adapt
     (L_train at w, for logging), aux (L_train of f_u, None without f_u)."""
 
-    inner: tto.StepLoss
+    inner: tto_step.StepLoss
     outer: LossTerms
     pre_adapt: LossTerms
     aux: LossTerms | None
@@ -115,16 +115,16 @@ def adapt(
     body: BodyModel,
     config: MetaConfig,
     aux: tuple[RegressorOutput, BodyOutput] | None,
-) -> tuple[dict[str, Tensor], tto.StepLoss]:
-    """The inner step: (w', L_test-u at w) via `model.tto.inner_step`."""
-    step_batch = tto.StepBatch(
+) -> tuple[dict[str, Tensor], tto_step.StepLoss]:
+    """The inner step: (w', L_test-u at w) via `model.tto_step.inner_step`."""
+    step_batch = tto_step.StepBatch(
         task.inner_args,
         inner_keypoints(batch, config.keypoint_noise),
         batch_crop(batch),
         "coco17",
         *(aux if aux is not None else (None, None)),
     )
-    return tto.inner_step(
+    return tto_step.inner_step(
         task.module,
         task.params,
         step_batch,
@@ -146,7 +146,7 @@ def outer_loss(
     config: MetaConfig,
 ) -> LossTerms:
     """L_train of the adapted network's prediction f_w'(x)."""
-    pred = tto.predict(task.module, adapted, task.outer_args, per_sample=config.task == "sample")
+    pred = tto_step.predict(task.module, adapted, task.outer_args, per_sample=config.task == "sample")
     return supervised_loss(as_float32(pred), targets, body, config.loss_weights)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model.body import BodyModel
-from model.config import TTOConfig
+from model.config import TTOConfig, TTORuntime
 from model.motion import tracks_from_output
 from model.outputs import FitResult, RegressorOutput
 from service.contract import KeypointSource, RecoverOptions, TTOOptions
@@ -46,7 +46,7 @@ from worker.runtime import (
 from worker.stages.files import EXPORT_FILES, export_files, mesh_files, overlay_png, render_files
 from worker.stages.fit import FitJob, Fitter, tto_config
 from worker.stages.keypoints import fit_keypoints, landmarks_for
-from worker.stages.people import Crops, Person, find_people, make_crops, parse_people
+from worker.stages.people import FIT_FORMAT, Crops, Person, find_people, make_crops, parse_people
 from worker.stages.regress import regress
 from worker.stages.result import NO_KEYPOINTS, ZERO_STEPS, people_out, recover_result
 
@@ -151,23 +151,26 @@ class OnnxPipeline:
         self.blazepose = blazepose  # model.blazepose.BlazePose, or None
         self.ckpt = model.checkpoint
         self.body = body.eval()
-        self.threads = threads
         self.device = device
-        self.compile_tto = compile_tto  # METAHMR_TTO_COMPILE
+        # How the TTO runs here (METAHMR_TORCH_THREADS, METAHMR_TTO_COMPILE).
+        self.runtime = TTORuntime(num_threads=threads, compile=compile_tto)
         self.f_w = self.ckpt.build_f_w(device)  # the TTO's PyTorch copy of the graphs' f_w
-        self.fitter = Fitter(self.f_w, self.body, device)
+        self.fitter = Fitter(self.f_w, self.body, device, self.runtime)
 
     def warm_up(self) -> None:
         """With compiled TTO steps: compile them now, not in the first request."""
         from model.tto import compile_failure, warm_up
 
-        seconds = warm_up(self.f_w, self.body, self._tto_config(TTOOptions()))
+        seconds = warm_up(
+            self.f_w, self.body, self._tto_config(TTOOptions()), self.runtime,
+            keypoint_format=FIT_FORMAT,
+        )
         if seconds:
             log.info("TTO graphs compiled in %.1f s%s", seconds,
                      f" (fell back to eager: {compile_failure()})" if compile_failure() else "")  # fmt: skip
 
     def _tto_config(self, tto: TTOOptions) -> TTOConfig:
-        return tto_config(self.ckpt, tto, self.threads, self.compile_tto)
+        return tto_config(self.ckpt, tto)
 
     # -- the request ------------------------------------------------------------------------
 

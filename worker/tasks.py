@@ -53,6 +53,7 @@ from worker.pipeline import (
     PipelineUnavailable,
     TransientJobError,
 )
+from worker.video import is_video_job, run_video
 
 log = logging.getLogger(__name__)
 PIPELINE_ERROR_MESSAGE = (
@@ -230,6 +231,8 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
 
     def compute() -> PipelineResult:
         options = job_options(record.options)
+        if is_video_job(record.image):
+            return _run_video(ctx, job_id, record.image, options)
         image = _load_image(store, job_id)
 
         def progress(stage: str, step: int, total: int) -> None:
@@ -266,6 +269,9 @@ def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
     for j in job_ids:
         try:
             options[j] = job_options(r.options if (r := records[j]) else {})
+            if r is not None and is_video_job(r.image):  # a video runs on its own
+                outcomes[j] = _run_video(ctx, j, r.image, options[j])
+                continue
             images[j] = _load_image(store, j)
         except Exception as exc:  # this job's options or image only: it fails alone
             outcomes[j] = exc
@@ -292,6 +298,16 @@ def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
                 ctx, j, attempts, start, _returns(outcomes[j]), leader=j == leader
             )
     return statuses[leader]
+
+
+def _run_video(
+    ctx: WorkerContext, job_id: str, meta: dict[str, Any], options: RecoverOptions
+) -> PipelineResult:
+    """A video job (`worker.video`): its upload, decoded and run frame by frame."""
+    data = ctx.store.image(job_id)
+    if data is None:
+        raise PermanentJobError("the uploaded video has expired; submit the job again")
+    return run_video(ctx.pipeline(), data, meta, options, _progress_fn(ctx, job_id))
 
 
 def _returns(outcome: PipelineResult | Exception) -> Callable[[], PipelineResult]:

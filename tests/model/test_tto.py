@@ -15,20 +15,13 @@ import pytest
 import torch
 
 from model.body import load_body_model
-from model.config import BackboneConfig, LossWeights, RegressorConfig, TTOConfig
+from model.config import BackboneConfig, LossWeights, RegressorConfig, TTOConfig, TTORuntime
 from model.geometry import axis_angle_to_rotmat
 from model.losses import project_points, reprojected_keypoint_loss, reprojection_error_px
 from model.outputs import CropInfo, RegressorOutput, SMPLParams
 from model.regressor import build_regressor
-from model.tto import (
-    SKIP_NO_KEYPOINTS,
-    StepBatch,
-    TTOInputs,
-    adapted_parameter_names,
-    fit,
-    inner_step,
-    step_loss,
-)
+from model.tto import SKIP_NO_KEYPOINTS, TTOInputs, adapted_parameter_names, fit
+from model.tto_step import StepBatch, inner_step, step_loss
 
 torch.set_num_threads(1)
 
@@ -100,8 +93,8 @@ def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) ->
         aux = f_u(inputs.images, inputs.crop.bbox_info())
     head_inputs = replace(inputs, images=None, features=features)
     config = replace(FAST, head_subset=subset, early_stop=1e-4)
-    batched = fit(f_w, head_inputs, body, config, aux, batched=True)
-    looped = fit(f_w, head_inputs, body, config, aux, batched=False)
+    batched = fit(f_w, head_inputs, body, config, aux, runtime=TTORuntime(batched=True))
+    looped = fit(f_w, head_inputs, body, config, aux, runtime=TTORuntime(batched=False))
     for a, b in [
         (batched.final.params.rotmats(), looped.final.params.rotmats()),
         (batched.final.params.betas, looped.final.params.betas),
@@ -115,69 +108,94 @@ def test_batched_head_fit_equals_the_per_person_loop(body, nets, subset: str) ->
     assert (batched.final.crop_cam - batched.initial.crop_cam).abs().max() > 1e-3  # it moved
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_by_default_the_faster_of_batched_and_looped_runs(body, nets, fused: bool) -> None:
-    """batched=None: eager, the fused head engine batches every subset; the generic path
-    batches under vmap only when the output layers adapt, and loops when every head weight
-    does (the faster of the two for each); the answers are the same either way."""
+def test_by_default_the_faster_of_batched_and_looped_runs(body, nets) -> None:
+    """runtime.batched=None: one pass under vmap when only the output layers adapt, one
+    person at a time when every head weight does (the faster of the two for each); the
+    answers are the same either way."""
+    from model.tto import default_batched
+
+    assert default_batched(TTOConfig(head_subset="output"))
+    assert not default_batched(TTOConfig(head_subset="all"))
     f_w, _ = nets
     inputs, _ = synthetic_people(body, 2, seed=5)
     with torch.no_grad():
         features = f_w.backbone(inputs.images)
     head_inputs = replace(inputs, images=None, features=features)
-    for subset, batched in (("all", fused), ("output", True)):
-        config = replace(FAST, head_subset=subset, steps=3, fused_head=fused)
+    for subset, batched in (("all", False), ("output", True)):
+        config = replace(FAST, head_subset=subset, steps=3)
         auto = fit(f_w, head_inputs, body, config)
-        forced = fit(f_w, head_inputs, body, config, batched=batched)
+        forced = fit(f_w, head_inputs, body, config, runtime=TTORuntime(batched=batched))
         assert torch.equal(auto.final.crop_cam, forced.final.crop_cam), subset
-        other = fit(f_w, head_inputs, body, config, batched=not batched)
+        other = fit(f_w, head_inputs, body, config, runtime=TTORuntime(batched=not batched))
         assert (auto.final.crop_cam - other.final.crop_cam).abs().max() <= 1e-5
 
 
-def test_compiled_fused_fits_of_every_head_weight_loop_over_people() -> None:
-    from model.tto import default_batched
+def reference_fit(
+    f_w: object, body: object, features, crop, keypoints, aux, config: TTOConfig
+) -> RegressorOutput:
+    """The method written out plainly for one person, as the reference code would: a deep
+    copy of the head, step 0 as one SGD step on L_test-u (2D only without f_u), then
+    `torch.optim.Adam` (its plain per-tensor path) on the 2D loss for config.steps steps."""
+    import copy
 
-    assert not default_batched(TTOConfig(compile=True), fused=True)
-    assert default_batched(TTOConfig(compile=True, head_subset="output"), fused=True)
-    assert default_batched(TTOConfig(), fused=True)
-    assert not default_batched(TTOConfig(), fused=False)
+    from model.losses import loss_test_u
+
+    head = copy.deepcopy(f_w.head)
+    bbox = crop.bbox_info()
+
+    def loss(objective: str) -> torch.Tensor:
+        pred = head(features, bbox)
+        if objective == "2d":
+            return reprojected_keypoint_loss(
+                pred, body.keypoints_only(pred.params), keypoints, crop, "coco17"
+            )
+        aux_body = body(aux.params)
+        return loss_test_u(
+            pred, body(pred.params), keypoints, crop, config.loss_weights, aux, aux_body,
+            "coco17",
+        ).total  # fmt: skip
+
+    weights = list(head.parameters())
+    grads = torch.autograd.grad(loss("test_u" if aux is not None else "2d"), weights)
+    with torch.no_grad():
+        for w, g in zip(weights, grads, strict=True):
+            w -= config.sgd_lr * g
+    adam = torch.optim.Adam(
+        weights, lr=config.adam_lr, betas=config.adam_betas, eps=config.adam_eps,
+        foreach=False, fused=False,
+    )  # fmt: skip
+    for _ in range(config.steps):
+        adam.zero_grad()
+        loss("2d").backward()
+        adam.step()
+    with torch.no_grad():
+        return head(features, bbox)
 
 
-@pytest.mark.parametrize("subset", ["all", "output"])
 @pytest.mark.parametrize("use_aux", [True, False])
-def test_the_fused_head_engine_equals_the_generic_path(body, nets, subset, use_aux) -> None:
-    """model/head_tto.py's hand-written steps (fc1's feature half kept as its effect on the
-    forward) give the generic autograd fit: predictions, every recorded step, the loss
-    history, early stops and skipped people."""
+def test_the_staged_fit_equals_the_method_written_out(body, nets, use_aux: bool) -> None:
+    """`fit` (step 0, Adam steps, early stop, with copies per person and the precomputed
+    feature term) gives what the plain reference loop gives, person by person."""
     f_w, f_u = nets
-    inputs, keypoints = synthetic_people(body, 4, seed=7)
-    keypoints[1, :, 2] = 0.0  # skipped
-    keypoints[2, 3:9, 2] = 0.4
-    inputs = replace(inputs, keypoints=keypoints)
+    inputs, _ = synthetic_people(body, 2, seed=7)
     with torch.no_grad():
         features = f_w.backbone(inputs.images)
         aux = f_u(inputs.images, inputs.crop.bbox_info()) if use_aux else None
     head_inputs = replace(inputs, images=None, features=features)
-    for early_stop, record in ((0.0, (0, 3, 10)), (3e-3, ())):
-        config = replace(FAST, head_subset=subset, early_stop=early_stop)
-        fused = fit(f_w, head_inputs, body, config, aux, record_steps=record)
-        generic = fit(
-            f_w, head_inputs, body, replace(config, fused_head=False), aux, batched=False,
-            record_steps=record,
-        )
-        pairs = [(fused.initial, generic.initial), (fused.final, generic.final)]
-        pairs += [(fused.recorded[k], generic.recorded[k]) for k in record]
-        for a, b in pairs:
-            assert (a.params.rotmats() - b.params.rotmats()).abs().max() <= 1e-5
-            assert (a.params.betas - b.params.betas).abs().max() <= 1e-5
-            assert (a.crop_cam - b.crop_cam).abs().max() <= 1e-5
-        assert fused.steps_run == generic.steps_run
-        assert fused.stopped_early == generic.stopped_early
-        assert fused.skipped == generic.skipped == (None, SKIP_NO_KEYPOINTS, None, None)
-        for ha, hb in zip(fused.loss_history, generic.loss_history, strict=True):
-            assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
-        assert (fused.final.crop_cam - fused.initial.crop_cam).abs().max() > 1e-3  # it moved
-    assert any(fused.stopped_early) and not all(n == 11 for n in fused.steps_run)
+    config = replace(FAST, steps=6)
+    for batched in (False, True):
+        ours = fit(f_w, head_inputs, body, config, aux, runtime=TTORuntime(batched=batched))
+        for i in range(2):
+            one = torch.tensor([i])
+            ref = reference_fit(
+                f_w, body, features[one], inputs.crop.select(one), inputs.keypoints[one],
+                None if aux is None else aux.select(one), config,
+            )  # fmt: skip
+            mine = ours.final.select(one)
+            assert (mine.params.rotmats() - ref.params.rotmats()).abs().max() <= 1e-5
+            assert (mine.params.betas - ref.params.betas).abs().max() <= 1e-5
+            assert (mine.crop_cam - ref.crop_cam).abs().max() <= 1e-5
+    assert (ours.final.crop_cam - ours.initial.crop_cam).abs().max() > 1e-3  # it moved
 
 
 def test_early_stop_fires_and_keeps_the_last_step(body, nets) -> None:
@@ -402,36 +420,11 @@ def test_recorded_steps_equal_separate_fits_of_that_many_steps(body, nets) -> No
         fit(f_w, inputs, body, replace(FAST, early_stop=1e-3), aux, record_steps=(1,))
 
 
-def test_fused_adam_equals_torch_adam_fused() -> None:
-    from model.config import TTOConfig
-    from model.tto import FusedAdam
-
-    torch.manual_seed(0)
-    config = TTOConfig(adam_lr=3e-3)
-    ours = [torch.randn(5, 7, requires_grad=True), torch.randn(3, requires_grad=True)]
-    ref = [p.detach().clone().requires_grad_(True) for p in ours]
-    opt_ref = torch.optim.Adam(ref, lr=3e-3, betas=config.adam_betas, eps=config.adam_eps, fused=True)
-    opt = FusedAdam(ours, config)
-    start = [p.detach().clone() for p in ours]
-    for _ in range(4):
-        grads = [torch.randn_like(p) for p in ours]
-        for p, g in zip(ref, grads, strict=True):
-            p.grad = g.clone()
-        opt_ref.step()
-        opt.step(grads)
-    for a, b, a0 in zip(ours, ref, start, strict=True):
-        assert torch.equal(a, b)
-        assert float((a - a0).detach().abs().min()) > 1e-4  # every element moved
-
-
-@pytest.mark.parametrize(
-    ("fused", "subset"), [(True, "all"), (True, "output"), (False, "all")]
-)
-def test_compiled_steps_equal_the_eager_fit(body, nets, fused: bool, subset: str) -> None:
-    """config.compile runs each step's forward and backward as one torch.compile'd graph
-    (the fused engine's loss half and iterations; the generic path's whole step): the same
-    fit, batched people (with a skipped one and an early stop) included, and warm_up
-    compiles first."""
+@pytest.mark.parametrize("subset", ["all", "output"])
+def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
+    """runtime.compile runs each step's forward and loss as one torch.compile'd graph (its
+    backward compiled with it): the same fit, batched people (with a skipped one and an
+    early stop) included, and warm_up compiles first."""
     from model import tto
 
     f_w, f_u = nets
@@ -442,12 +435,12 @@ def test_compiled_steps_equal_the_eager_fit(body, nets, fused: bool, subset: str
         features = f_w.backbone(inputs.images)
         aux = f_u(inputs.images, inputs.crop.bbox_info())
     head_inputs = replace(inputs, images=None, features=features)
-    eager_config = replace(FAST, early_stop=1e-4, fused_head=fused, head_subset=subset)
-    compiled_config = replace(eager_config, compile=True)
-    assert tto.warm_up(f_w, body, eager_config) == 0.0  # nothing to compile
-    assert tto.warm_up(f_w, body, compiled_config, people=(2,)) > 0.0
-    eager = fit(f_w, head_inputs, body, eager_config, aux, batched=True)
-    compiled = fit(f_w, head_inputs, body, compiled_config, aux, batched=True)
+    config = replace(FAST, early_stop=1e-4, head_subset=subset)
+    eager_rt, compiled_rt = TTORuntime(batched=True), TTORuntime(compile=True, batched=True)
+    assert tto.warm_up(f_w, body, config, eager_rt) == 0.0  # nothing to compile
+    assert tto.warm_up(f_w, body, config, compiled_rt, people=(2,)) > 0.0
+    eager = fit(f_w, head_inputs, body, config, aux, runtime=eager_rt)
+    compiled = fit(f_w, head_inputs, body, config, aux, runtime=compiled_rt)
     assert tto.compile_failure() is None
     for a, b in [
         (eager.final.params.rotmats(), compiled.final.params.rotmats()),
@@ -460,3 +453,14 @@ def test_compiled_steps_equal_the_eager_fit(body, nets, fused: bool, subset: str
     for ha, hb in zip(eager.loss_history, compiled.loss_history, strict=True):
         assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
     assert (compiled.final.crop_cam - compiled.initial.crop_cam).abs().max() > 1e-3
+
+
+def test_checkpoints_that_saved_runtime_flags_with_the_schedule_still_load() -> None:
+    """Threads, compiled steps and the retired fused head engine were once saved in
+    TTOConfig; they are runtime now (TTORuntime), and old checkpoints drop them."""
+    from model.config import from_dict, to_dict
+
+    saved = to_dict(TTOConfig(steps=9)) | {"num_threads": 2, "compile": True, "fused_head": True}
+    assert from_dict(TTOConfig, saved) == TTOConfig(steps=9)
+    with pytest.raises(ValueError, match="unknown TTOConfig keys"):
+        from_dict(TTOConfig, saved | {"from_the_future": 1})

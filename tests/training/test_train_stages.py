@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import tto
+from model import tto_step as tto
 from model.body import load_body_model
 from model.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig

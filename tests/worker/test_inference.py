@@ -411,7 +411,7 @@ def test_compiled_tto_steps_give_the_eager_result(exported: Path, pipeline: Onnx
     from model.tto import compile_failure
 
     compiled = build_pipeline(_settings(exported, tto_compile=True))
-    assert compiled.compile_tto and compile_failure() is None
+    assert compiled.runtime.compile and compile_failure() is None
     options = _options(person, focal_length=person["focal"])
     eager_out, _ = _run(pipeline, person, options)
     compiled_out, _ = _run(compiled, person, options)

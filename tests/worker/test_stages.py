@@ -40,8 +40,7 @@ def test_request_keypoints_become_coco17(fmt: str) -> None:
 
 def test_tto_config_takes_the_requests_steps_and_refuses_another_scope() -> None:
     checkpoint = SimpleNamespace(tto_scope="head", tto=TTOConfig(steps=14))
-    config = tto_config(checkpoint, TTOOptions(), threads=3, compile_tto=False)
-    assert config.steps == 14 and config.num_threads == 3 and not config.compile
-    assert tto_config(checkpoint, TTOOptions(steps=0, scope="head"), 1, True).steps == 0
+    assert tto_config(checkpoint, TTOOptions()) == TTOConfig(steps=14)
+    assert tto_config(checkpoint, TTOOptions(steps=0, scope="head")).steps == 0
     with pytest.raises(PermanentJobError, match="meta-trained for the 'head' scope"):
-        tto_config(checkpoint, TTOOptions(scope="full"), 1, False)
+        tto_config(checkpoint, TTOOptions(scope="full"))

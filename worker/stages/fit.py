@@ -12,15 +12,15 @@ import numpy as np
 import torch
 
 from model.body import BodyModel
-from model.config import TTOConfig
+from model.config import TTOConfig, TTORuntime
 from model.outputs import FitResult, RegressorOutput
 from service.contract import TTOOptions
 from worker.pipeline import PermanentJobError, ProgressFn
 from worker.stages.people import FIT_FORMAT, Crops
 
 
-def tto_config(checkpoint: Any, tto: TTOOptions, threads: int, compile_tto: bool) -> TTOConfig:
-    """The checkpoint's TTO settings with the request's steps; refuses another scope (the
+def tto_config(checkpoint: Any, tto: TTOOptions) -> TTOConfig:
+    """The checkpoint's TTO schedule with the request's steps; refuses another scope (the
     scope is the model's: it was meta-trained for it)."""
     if tto.scope is not None and tto.scope != checkpoint.tto_scope:
         raise PermanentJobError(
@@ -30,9 +30,7 @@ def tto_config(checkpoint: Any, tto: TTOOptions, threads: int, compile_tto: bool
         )
     # Not asked for: the schedule the model was meta-trained with.
     steps = checkpoint.tto.steps if tto.steps is None else tto.steps
-    config: TTOConfig = replace(
-        checkpoint.tto, steps=steps, num_threads=threads, compile=compile_tto
-    )
+    config: TTOConfig = replace(checkpoint.tto, steps=steps)
     return config
 
 
@@ -55,11 +53,13 @@ class FitJob:
 
 @dataclass(frozen=True)
 class Fitter:
-    """f_w's PyTorch copy, the body model and the device the TTO runs on."""
+    """f_w's PyTorch copy, the body model, the device the TTO runs on and how (threads,
+    compiled steps: the worker's settings)."""
 
     f_w: Any
     body: BodyModel
     device: torch.device
+    runtime: TTORuntime = TTORuntime()
 
     def jobs(
         self, jobs: Sequence[FitJob], features: np.ndarray, aux: RegressorOutput | None
@@ -125,6 +125,7 @@ class Fitter:
                 self.body,
                 config,
                 None if aux is None else aux.to(dev),
+                runtime=self.runtime,
                 on_step=lambda step, n: progress("fit", step, n),
             )
         except ValueError as exc:  # bad keypoints or boxes that got past the API

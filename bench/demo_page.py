@@ -1,0 +1,174 @@
+"""`metahmr demo screenshot`: a picture of the demo page with a result, for the README.
+
+It starts `metahmr serve` on a free port (or uses `--server`), runs the bundled example photo
+through the API, and once that job has finished takes the page `/demo?job=ID` with Debian's
+headless Chromium (`chromium --headless --screenshot`). The page polls with timers, which a
+screenshot's virtual clock would run ahead of a real job; showing a finished job avoids that.
+
+`serve_subprocess` and `chromium_flags` are shared with the browser tests (tests/browser/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "service" / "static" / "demo" / "example.jpg"
+EXAMPLE_OPTIONS = {"return": ["mesh", "overlay"]}
+DEFAULT_OUT = Path("docs/img/demo.png")
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    del groups
+    parser = sub.add_parser("demo", help="the demo page (/demo): screenshots")
+    demo = parser.add_subparsers(dest="demo", metavar="WHAT", required=True)
+    shot = demo.add_parser(
+        "screenshot",
+        help="run the example photo, then screenshot /demo with its result (headless Chromium)",
+    )
+    shot.add_argument("--out", type=Path, default=DEFAULT_OUT, help="PNG to write")
+    shot.add_argument(
+        "--server", help="a running service without API keys (default: start `metahmr serve`)"
+    )
+    shot.add_argument("--width", type=int, default=1200, help="window width, CSS pixels")
+    shot.add_argument("--height", type=int, default=1150, help="window height, CSS pixels")
+    shot.add_argument("--chromium", help="the browser binary (default: chromium on PATH)")
+    shot.add_argument("--timeout", type=float, default=300.0, help="seconds for start and job")
+    shot.set_defaults(func=_screenshot)
+
+
+def find_chromium(given: str | None = None) -> str | None:
+    """The headless browser: `given`, else Debian's `chromium` (apt install chromium)."""
+    for name in (given, "chromium", "chromium-browser", "google-chrome"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
+
+
+def chromium_flags(width: int, height: int) -> list[str]:
+    """Flags for headless Chromium here: no sandbox as root (containers), WebGL through
+    SwiftShader (there is no GPU; Chromium no longer falls back to it by itself), and every
+    host name but 127.0.0.1 unresolvable, so a page that reaches for a CDN fails visibly."""
+    flags = [
+        "--headless=new",
+        "--disable-dev-shm-usage",
+        "--enable-unsafe-swiftshader",
+        "--use-angle=swiftshader",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--window-size={width},{height}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags.append("--no-sandbox")
+    return flags
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    env: Mapping[str, str], log_file: IO[bytes] | None = None, timeout_s: float = 180.0
+) -> Iterator[str]:
+    """`metahmr serve` (embedded Redis, one worker, the API) on a free port; yields its URL
+    once /readyz answers 200 and stops it with SIGTERM afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "1"],
+        cwd=REPO, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _ready(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"metahmr serve exited with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"metahmr serve was not ready within {timeout_s:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_example(url: str, timeout_s: float) -> str:
+    """The example photo through the API; returns the id of the succeeded job."""
+    from service.client import MetahmrClient
+
+    with MetahmrClient(url) as client:
+        job_id = client.submit(EXAMPLE, EXAMPLE_OPTIONS)
+        client.wait(job_id, timeout_s=timeout_s)
+    return job_id
+
+
+def screenshot(
+    chromium: str, page: str, out: Path, width: int, height: int, budget_ms: int = 15000
+) -> None:
+    """`chromium --headless --screenshot` of `page`, after `budget_ms` of the page's
+    (virtual) time: enough for it to fetch a finished job's files and draw them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        chromium, *chromium_flags(width, height), f"--virtual-time-budget={budget_ms}",
+        f"--screenshot={out.resolve()}", page,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, timeout=120)
+    if done.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+
+
+def _screenshot(args: argparse.Namespace) -> int:
+    chromium = find_chromium(args.chromium)
+    if chromium is None:
+        log.error("no Chromium found: `apt-get install chromium` (make install does, as root)")
+        return 2
+    with contextlib.ExitStack() as stack:
+        url = args.server
+        if url is None:
+            # Its own settings: none of this shell's METAHMR_* (API keys, a Redis URL).
+            env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
+            logs = stack.enter_context(tempfile.NamedTemporaryFile(suffix="-serve.log"))
+            log.info("starting metahmr serve (its log: %s)", logs.name)
+            try:
+                url = stack.enter_context(serve_subprocess(env, logs, args.timeout))
+            except (RuntimeError, TimeoutError) as exc:
+                log.error("%s; its log:\n%s", exc, Path(logs.name).read_text()[-3000:])
+                return 1
+        url = url.rstrip("/")
+        job_id = run_example(url, args.timeout)
+        log.info("job %s succeeded; taking %s/demo?job=%s", job_id, url, job_id)
+        screenshot(chromium, f"{url}/demo?job={job_id}", args.out, args.width, args.height)
+    log.info("wrote %s (%d bytes)", args.out, args.out.stat().st_size)
+    return 0

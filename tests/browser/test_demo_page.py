@@ -1,0 +1,117 @@
+"""The demo page in a real browser (headless Chromium) against `metahmr serve` with the
+shipped model and API keys on: upload the docs' example photo, give the key when asked, and
+see the overlay, the 3D bodies in the viewer, the fit numbers and the downloads, with no
+request to another host."""
+
+from __future__ import annotations
+
+import pytest
+from demo_browser import API_KEY, EXAMPLE, same_origin
+
+pytestmark = pytest.mark.e2e
+
+# Canvas pixels that differ from the viewer's background (#eef1f5): the bodies.
+_MESH_PIXELS_JS = """
+const canvas = document.getElementById('viewer');
+const copy = document.createElement('canvas');
+copy.width = canvas.width; copy.height = canvas.height;
+const ctx = copy.getContext('2d');
+ctx.drawImage(canvas, 0, 0);
+const data = ctx.getImageData(0, 0, copy.width, copy.height).data;
+let mesh = 0;
+for (let i = 0; i < data.length; i += 4) {
+  const d = Math.abs(data[i] - 0xee) + Math.abs(data[i + 1] - 0xf1) + Math.abs(data[i + 2] - 0xf5);
+  if (d > 40) mesh += 1;
+}
+return [mesh, copy.width * copy.height];
+"""
+
+
+def _give_key(page) -> None:  # type: ignore[no-untyped-def]
+    assert page.wait_for_state("failed") == "failed"
+    assert page.driver.find_element("id", "key-form").is_displayed()
+    assert "API key" in page.driver.find_element("id", "error").text
+    page.driver.find_element("id", "api-key").send_keys(API_KEY)
+    page.driver.find_element("css selector", "#key-form button[type=submit]").click()
+
+
+def _check_result(page, base: str) -> None:  # type: ignore[no-untyped-def]
+    state = page.wait_for_state("done", "failed")
+    assert state == "done", page.driver.find_element("id", "error").text
+    overlay = page.driver.find_element("id", "overlay")
+    assert overlay.is_displayed()
+    assert page.js("return [arguments[0].complete, arguments[0].naturalWidth]", overlay) == [
+        True,
+        640,
+    ]
+    assert page.driver.find_element("id", "viewer").is_displayed()
+    mesh, total = page.js(_MESH_PIXELS_JS)
+    assert total > 10_000 and 0.02 < mesh / total < 0.9, (mesh, total)
+    rows = page.driver.find_elements("css selector", "#people tbody tr")
+    assert len(rows) == 1
+    cells = [c.text for c in rows[0].find_elements("tag name", "td")]
+    assert cells[0] == "Person 1" and cells[1] == "blazepose"
+    assert int(cells[2]) >= 1 and float(cells[5]) > 0  # steps run, reprojection error px
+    links = page.driver.find_elements("css selector", "#downloads a")
+    assert {a.text for a in links} >= {"result.json", "mesh.glb", "mesh.obj", "overlay.png"}
+    assert all(a.get_attribute("href").startswith("blob:") for a in links)
+    urls = page.requested_urls()
+    assert any("/recover" in u for u in urls) and any(u.endswith("/mesh.glb") for u in urls)
+    assert [u for u in urls if not same_origin(u, base)] == []
+
+
+def test_upload_asks_for_the_key_then_shows_the_bodies(served: str, open_page) -> None:  # type: ignore[no-untyped-def]
+    page = open_page()
+    page.driver.get(f"{served}/demo")
+    assert page.driver.title.startswith("metahmr")
+    page.driver.find_element("id", "image").send_keys(str(EXAMPLE))
+    assert "example.jpg" in page.driver.find_element("id", "chosen").text
+    page.driver.find_element("id", "submit").click()
+    _give_key(page)  # the service answered 401: the page asks, then submits again
+    _check_result(page, served)
+    assert "job=" in page.driver.current_url  # a reload shows the same job
+
+
+def test_example_on_load_at_phone_width(served: str, open_page) -> None:  # type: ignore[no-untyped-def]
+    page = open_page(width=375, height=800)
+    page.driver.get(f"{served}/demo?example=1")
+    _give_key(page)
+    _check_result(page, served)
+    # Usable at 375 px: nothing wider than the window, every input labelled.
+    assert page.js("return document.documentElement.scrollWidth") <= 375
+    for name in ("overlay", "viewer"):
+        assert page.driver.find_element("id", name).size["width"] <= 375
+    unlabelled = page.js(
+        "return [...document.querySelectorAll('input')].filter(i => !i.labels.length"
+        " && !i.getAttribute('aria-label')).map(i => i.id || i.name)"
+    )
+    assert unlabelled == []
+
+
+def test_drop_a_file_and_plain_errors(served: str, open_page) -> None:  # type: ignore[no-untyped-def]
+    page = open_page()
+    page.driver.get(f"{served}/demo")
+    page.driver.find_element("id", "submit").click()
+    assert page.wait_for_state("failed") == "failed"
+    assert "Choose a photo first" in page.driver.find_element("id", "error").text
+    # Drop a text file on the box: it is chosen, and the API's 415 reads as plain words.
+    page.js(
+        "const t = new DataTransfer();"
+        "t.items.add(new File(['not a picture'], 'notes.txt', {type: 'text/plain'}));"
+        "document.getElementById('drop').dispatchEvent("
+        "  new DragEvent('drop', {dataTransfer: t, bubbles: true, cancelable: true}));"
+    )
+    assert "notes.txt" in page.driver.find_element("id", "chosen").text
+    page.js(f"sessionStorage.setItem('metahmr.apiKey', '{API_KEY}')")
+    page.driver.refresh()
+    page.js(
+        "const t = new DataTransfer();"
+        "t.items.add(new File(['not a picture'], 'notes.txt', {type: 'text/plain'}));"
+        "document.getElementById('drop').dispatchEvent("
+        "  new DragEvent('drop', {dataTransfer: t, bubbles: true, cancelable: true}));"
+    )
+    page.driver.find_element("id", "submit").click()
+    assert page.wait_for_state("failed") == "failed"
+    error = page.driver.find_element("id", "error").text
+    assert error.startswith("That file is not a picture the service can read"), error
+    assert page.driver.find_element("id", "key-form").is_displayed() is False
