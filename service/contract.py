@@ -114,6 +114,34 @@ ReturnName = Literal["mesh", "overlay", "joints3d", "animation", "bvh", "smpl_np
 EXPORT_FILES = {"animation": "animation.glb", "bvh": "animation.bvh", "smpl_npz": "smpl.npz"}
 
 
+class TemporalOptions(_Strict):
+    """A video's per-track temporal fit (`model.temporal.refine_track`)."""
+
+    enabled: bool = Field(default=True, description="re-fit each track's frames together")
+    steps: int = Field(default=40, ge=0, le=200, description="optimiser steps per window")
+    window: int = Field(default=64, ge=3, le=512, description="frames per window")
+    velocity_weight: float = Field(default=10.0, ge=0, le=1e6)
+    acceleration_weight: float = Field(default=300.0, ge=0, le=1e6)
+
+
+class OneEuroOptions(_Strict):
+    """A video's output filter (`model.temporal.one_euro`), after the temporal fit."""
+
+    enabled: bool = False
+    min_cutoff: float = Field(default=1.0, gt=0, le=100, description="Hz at rest")
+    beta: float = Field(default=1.0, ge=0, le=1e3, description="cut-off rise with speed")
+
+
+class VideoOptions(_Strict):
+    """How a video job is smoothed and which tracks it keeps (ignored for images)."""
+
+    temporal: TemporalOptions = Field(default_factory=TemporalOptions)
+    one_euro: OneEuroOptions = Field(default_factory=OneEuroOptions)
+    min_track_frames: int = Field(
+        default=3, ge=1, le=10_000, description="shorter tracks are dropped (stray detections)"
+    )
+
+
 class RecoverOptions(_Strict):
     """The optional `options` JSON part of POST /recover."""
 
@@ -129,6 +157,7 @@ class RecoverOptions(_Strict):
     return_: list[ReturnName] = Field(
         default_factory=list, alias="return", description="extra outputs"
     )
+    video: VideoOptions = Field(default_factory=VideoOptions)
 
     model_config = ConfigDict(
         extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True
@@ -230,6 +259,28 @@ class PersonOut(BaseModel):
     )
 
 
+class VideoInfo(BaseModel):
+    """A video job's input as decoded."""
+
+    fps: float
+    frames: int = Field(description="frames decoded")
+    duration_s: float
+    frames_with_people: int = Field(description="frames where someone was found")
+
+
+class TrackOut(BaseModel):
+    """One person across a video: per-frame people entries for the frames they were seen
+    in (`frames`, indices from 0); `smpl` and `camera` are the smoothed values, `fit` the
+    per-frame TTO's record."""
+
+    track_id: int
+    frames: list[int]
+    people: list[PersonOut]
+    smoothing: dict[str, bool | int] = Field(
+        description="temporal_steps: optimiser steps per window (0: none); one_euro: filtered"
+    )
+
+
 class RecoverResult(BaseModel):
     """A succeeded job's `result` (ARCHITECTURE.md §5)."""
 
@@ -239,6 +290,10 @@ class RecoverResult(BaseModel):
     timings_ms: dict[str, float | int] = Field(
         description="milliseconds per stage (detect, regress, fit, render, total); "
         "batch_size: the jobs that ran together, when more than one"
+    )
+    video: VideoInfo | None = Field(default=None, description="video jobs only")
+    tracks: list[TrackOut] | None = Field(
+        default=None, description="video jobs only: people by track (`people` is then empty)"
     )
 
     model_config = ConfigDict(protected_namespaces=())

@@ -43,7 +43,6 @@ from service.jobs import (
     LeaseLost,
     job_context,
 )
-from worker.capabilities import publish_pipeline
 from worker.config import WorkerSettings
 from worker.factory import load_pipeline
 from worker.pipeline import (
@@ -184,7 +183,6 @@ class WorkerContext:
             if self._pipeline is None:
                 start = time.perf_counter()
                 self._pipeline = load_pipeline(self.settings)
-                publish_pipeline(self.store, self.worker_id, self._pipeline)
                 log.info(
                     "pipeline %s loaded in %.1f s",
                     self._pipeline.name,
@@ -395,7 +393,7 @@ def _settle(
         status = _fail(ctx, job_id, "bad_input", str(exc))
     except PipelineUnavailable as exc:
         status = _fail(ctx, job_id, "pipeline_unavailable", str(exc))
-    except SoftTimeLimitExceeded:
+    except SoftTimeLimitExceeded as exc:
         status = _fail(
             ctx,
             job_id,

@@ -42,7 +42,7 @@ def test_the_options_and_the_result_are_typed(api: TestClient) -> None:
     schema = api.get("/openapi.json").json()
     components = schema["components"]["schemas"]
     options = components["RecoverOptions"]
-    assert set(options["properties"]) == {"people", "focal_length", "tto", "return"}
+    assert set(options["properties"]) == {"people", "focal_length", "tto", "return", "video"}
     body = schema["paths"]["/recover"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert body["schema"]["properties"]["options"] == {
         "$ref": "#/components/schemas/RecoverOptions"
