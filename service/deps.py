@@ -24,6 +24,7 @@ from starlette.datastructures import UploadFile
 from service.config import Settings
 from service.contract import RecoverOptions, format_validation_error
 from service.jobs import JobRecord, JobStore
+from service.jobs.capabilities import live_tto_scopes
 from service.metrics import ApiMetrics
 from service.queue import TaskQueue
 from service.schemas import check_against_image
@@ -270,6 +271,23 @@ def _check_parts(items: list[tuple[str, str | UploadFile]]) -> None:
         )
 
 
+async def _check_scope(state: AppState, options: RecoverOptions) -> None:
+    """422 for a TTO scope that no live worker's model can run (workers publish theirs;
+    when that is unknown, the worker decides and fails the job with the same advice)."""
+    scope = options.tto.scope
+    if scope is None:
+        return
+    scopes = await run_in_threadpool(live_tto_scopes, state.store)
+    if scopes is not None and scope not in scopes:
+        have = " or ".join(repr(s) for s in sorted(scopes))
+        raise ApiError(
+            422,
+            "invalid_options",
+            f"options.tto.scope: the workers' models were meta-trained for the {have} scope, "
+            f"not {scope!r}, and the two must match; omit tto.scope or send {have}",
+        )
+
+
 def parse_options(raw: bytes | None) -> RecoverOptions:
     """400 for text that is not a JSON object, 422 for values that do not validate."""
     if raw is None or not raw.strip():
@@ -297,6 +315,7 @@ async def valid_recover_request(
     limit = max(state.settings.max_upload_bytes, state.video_limits.max_bytes) + OPTIONS_MAX_BYTES
     image_bytes, options_bytes = await _read_form(request, limit)
     options = parse_options(options_bytes)
+    await _check_scope(state, options)
     if sniff_video(image_bytes):
         return RecoverRequest(image=_checked_video(image_bytes, options, state), options=options,
                               caller=caller)  # fmt: skip

@@ -43,6 +43,7 @@ from service.jobs import (
     LeaseLost,
     job_context,
 )
+from worker.capabilities import publish_pipeline
 from worker.config import WorkerSettings
 from worker.factory import load_pipeline
 from worker.pipeline import (
@@ -183,6 +184,7 @@ class WorkerContext:
             if self._pipeline is None:
                 start = time.perf_counter()
                 self._pipeline = load_pipeline(self.settings)
+                publish_pipeline(self.store, self.worker_id, self._pipeline)
                 log.info(
                     "pipeline %s loaded in %.1f s",
                     self._pipeline.name,
@@ -393,7 +395,7 @@ def _settle(
         status = _fail(ctx, job_id, "bad_input", str(exc))
     except PipelineUnavailable as exc:
         status = _fail(ctx, job_id, "pipeline_unavailable", str(exc))
-    except SoftTimeLimitExceeded as exc:
+    except SoftTimeLimitExceeded:
         status = _fail(
             ctx,
             job_id,
