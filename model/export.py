@@ -197,7 +197,7 @@ def build_manifest(
     name = ckpt.regressor_config.backbone.name
     if is_landmark_backbone(name):
         from model.backbones import landmark_variant
-        from model.blazepose import WHEEL_PACKAGE, WHEEL_VERSION
+        from model.blazepose_files import WHEEL_PACKAGE, WHEEL_VERSION
 
         manifest["blazepose"] = {
             "variant": landmark_variant(name), "feature_dim": FEATURE_DIM,

@@ -264,7 +264,7 @@ def _real_split(
     if config.real is None:
         return None, ""
     from training.evaluate_real import evaluate_real
-    from training.realdata import markdown_section
+    from training.realdata_scores import markdown_section
 
     try:
         scores, timing = evaluate_real(config.real, methods, body.cpu(), steps=config.real_steps)

@@ -4,7 +4,7 @@ Per image and method, the way the worker serves it: the people's boxes (labelled
 BlazePose's detector when none are sent) -> CLIFF crops -> BlazePose's landmarks -> f_w's
 features (BlazePose's output vector, or the image backbone of an older model) -> regression,
 then the method's TTO against the keypoints (the labelled limb joints, or BlazePose's own
-COCO-17 keypoints) for the reference 14 steps. `training.realdata.score` compares the fitted
+COCO-17 keypoints) for the reference 14 steps. `training.realdata_scores.score` compares the fitted
 bodies with the labels.
 """
 
@@ -28,11 +28,10 @@ from training.realdata import (
     PersonPrediction,
     RealImage,
     RealPerson,
-    RealScores,
     load_realdata,
     read_image,
-    score,
 )
+from training.realdata_scores import RealScores, score
 
 log = logging.getLogger(__name__)
 

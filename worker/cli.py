@@ -42,7 +42,7 @@ def _assets_prepare(args: argparse.Namespace) -> int:
 
 
 def _assets_blazepose(args: argparse.Namespace) -> int:
-    from model.blazepose import BlazePoseUnavailable, fetch_npm_models
+    from model.blazepose_files import BlazePoseUnavailable, fetch_npm_models
 
     try:
         files = fetch_npm_models(args.out)

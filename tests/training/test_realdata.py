@@ -22,15 +22,17 @@ from training.realdata import (
     Pinhole,
     RealImage,
     RealPerson,
-    RealScores,
     RealSet,
     find_realdata,
-    limb_error,
     load_realdata,
+    read_image,
+)
+from training.realdata_scores import (
+    RealScores,
+    limb_error,
     markdown_section,
     match_people,
     pa_mpjpe,
-    read_image,
     score,
 )
 
