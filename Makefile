@@ -66,8 +66,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy model training service worker bench cli.py
 
+# make serve PORT=8123 (or METAHMR_PORT=8123); HOST=0.0.0.0 to listen beyond this machine.
 serve: install
-	$(VENV)/bin/metahmr serve
+	$(VENV)/bin/metahmr serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,7 +21,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     del groups  # `metahmr bench service` is registered by bench/
     serve = sub.add_parser("serve", help="run the API, workers and (embedded) Redis")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    # A string default goes through `type` like a typed value: a bad METAHMR_PORT is a usage
+    # error of `serve`, not a crash of every command.
+    serve.add_argument(
+        "--port", type=int, default=os.environ.get("METAHMR_PORT", "8000"),
+        help="TCP port (default: $METAHMR_PORT, else 8000)",
+    )  # fmt: skip
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.set_defaults(func=_serve)
 

@@ -7,12 +7,21 @@ that a bad value stops the process with a message instead of failing on the firs
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from service.jobs.settings import JobStoreSettings
+
+
+def default_state_dir() -> Path:
+    """Where `metahmr serve` keeps its embedded Redis's data: $XDG_STATE_HOME/metahmr, else
+    ~/.local/state/metahmr."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "metahmr"
 
 
 class Settings(JobStoreSettings):
@@ -38,6 +47,9 @@ class Settings(JobStoreSettings):
     max_video_s: float = Field(default=20.0, gt=0, le=3600)
     max_video_frames: int = Field(default=900, ge=1, le=100_000)
     max_video_pixels: int = Field(default=1920 * 1080, gt=0)
+    # `metahmr serve` without METAHMR_REDIS_URL: its embedded Redis keeps jobs and results
+    # here (an append-only file under redis/), so they survive a restart of the stack.
+    state_dir: Path = Field(default_factory=default_state_dir)
     # Broker publish: give up quickly and answer 503 rather than hang the request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
 

@@ -3,6 +3,11 @@
 Redis (embedded, unless METAHMR_REDIS_URL names one), N worker processes, and the API in
 this process. Ctrl-C or SIGTERM stops the API, then the workers (letting a running job
 finish, up to a grace period), then Redis. A worker that dies is started again.
+
+The embedded Redis keeps its data in `Settings.state_dir` (append-only file), so jobs queued
+when the stack stops run when it starts again. If it dies, it is started again with its data
+(the API answers 503 meanwhile, workers reconnect); if it cannot be brought back, `serve`
+stops and exits with status 1 rather than serve an API whose store is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from service.jobs import JobStore
 log = logging.getLogger(__name__)
 # Exit status of `python -m worker.celery_app` when its pipeline cannot run: do not restart.
 WORKER_CONFIG_ERROR = 3
+# The embedded Redis is restarted at most this many times within REDIS_RESTART_WINDOW_S;
+# past that something is wrong with its data or the disk, and `serve` stops.
+REDIS_RESTARTS = 5
+REDIS_RESTART_WINDOW_S = 300.0
 
 
 @dataclass
@@ -41,6 +50,9 @@ class LocalStack:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _env: dict[str, str] = field(default_factory=dict)
     _given_up: set[int] = field(default_factory=set)
+    _redis_restarts: list[float] = field(default_factory=list)
+    _server: Any = None  # uvicorn.Server while serving
+    failure: str | None = None  # why the stack stopped on its own (then run() returns 1)
 
     def run(self) -> int:
         """Start everything, serve until a signal, stop everything. Returns an exit code."""
@@ -52,7 +64,7 @@ class LocalStack:
                 return 1
             if not self._start_workers():
                 return 1
-            threading.Thread(target=self._watch_workers, daemon=True).start()
+            threading.Thread(target=self._watch, daemon=True).start()
             return self._serve_api()
         except (KeyboardInterrupt, _Terminated):
             log.info("stopping")
@@ -64,7 +76,12 @@ class LocalStack:
     def _start_redis(self) -> bool:
         url = self.settings.redis_url
         if url is None:
-            self._redis = EmbeddedRedis().start()
+            directory = self.settings.state_dir / "redis"
+            try:
+                self._redis = EmbeddedRedis(directory, appendonly=True).start()
+            except RuntimeError as exc:
+                log.error("cannot start the embedded Redis: %s", exc)
+                return False
             url = self._redis.url
             self.settings = self.settings.model_copy(update={"redis_url": url})
         else:
@@ -79,6 +96,8 @@ class LocalStack:
                 )
                 return False
         self._env = dict(os.environ, METAHMR_REDIS_URL=url)
+        # Each worker sizes its threads by the processes sharing the cores (worker.config).
+        self._env.setdefault("METAHMR_WORKERS_ON_HOST", str(self.workers))
         return True
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
@@ -109,8 +128,43 @@ class LocalStack:
         log.error("workers did not report ready within %.0f s", self.startup_timeout_s)
         return False
 
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            self._watch_redis()
+            self._watch_workers()
+
+    def _watch_redis(self) -> None:
+        """Start the embedded Redis again if it died; stop the stack if it cannot be."""
+        embedded = self._redis
+        if embedded is None or embedded.alive() or self._stopping.is_set():
+            return
+        now = time.monotonic()
+        self._redis_restarts = [t for t in self._redis_restarts if now - t < REDIS_RESTART_WINDOW_S]
+        if len(self._redis_restarts) >= REDIS_RESTARTS:
+            self._fail(
+                f"the embedded Redis died {len(self._redis_restarts) + 1} times within "
+                f"{REDIS_RESTART_WINDOW_S:.0f} s; see {embedded.directory}/redis.log"
+            )
+            return
+        self._redis_restarts.append(now)
+        log.warning("the embedded Redis exited (status %s); starting it again with its data",
+                    embedded.exit_status())  # fmt: skip
+        try:
+            embedded.restart()
+        except RuntimeError as exc:
+            self._fail(f"the embedded Redis did not come back: {exc}")
+            return
+        log.info("embedded Redis back after %.1f s", time.monotonic() - now)
+
+    def _fail(self, reason: str) -> None:
+        log.error("%s; stopping", reason)
+        self.failure = reason
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+
     def _watch_workers(self) -> None:
-        while not self._stopping.wait(1.0):
+        if not self._stopping.is_set():
             for i, proc in enumerate(self._procs):
                 code = proc.poll()
                 if code is None or self._stopping.is_set():
@@ -128,11 +182,14 @@ class LocalStack:
 
         from service.main import create_app
 
+        if self.failure is not None:
+            return 1
         config = api_server_config(create_app(self.settings), self.host, self.port)
         server = uvicorn.Server(config)
+        self._server = server
         log.info("serving on http://%s:%d (docs at /docs)", self.host, self.port)
         server.run()
-        return 0 if server.started else 1
+        return 0 if server.started and self.failure is None else 1
 
     def stop(self) -> None:
         self._stopping.set()

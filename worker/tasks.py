@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import socket
 import threading
@@ -97,7 +98,7 @@ class Presence:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_beat = time.monotonic()
-        self._beats_since = time.monotonic()  # start of the current run of good beats
+        self._beats_since = -math.inf  # start of the good beats since the last outage
         self._failing = False
 
     def start(self) -> None:

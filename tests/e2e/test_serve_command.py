@@ -38,7 +38,8 @@ def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> Non
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
-    env |= {"METAHMR_PIPELINE": "echo", "OMP_NUM_THREADS": "1"}
+    env |= {"METAHMR_PIPELINE": "echo", "OMP_NUM_THREADS": "1",
+            "METAHMR_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "1"],
