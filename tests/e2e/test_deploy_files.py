@@ -35,6 +35,8 @@ def test_compose_has_the_services_with_health_checks() -> None:
         services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]
         == "yes"
     )
+    command = services["redis"]["command"]  # no RDB copies of deleted images (README)
+    assert command[command.index("--save") + 1] == ""
     for name in ("api", "worker", "flower"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
