@@ -10,7 +10,8 @@ from demo_browser import API_KEY, EXAMPLE, same_origin
 
 pytestmark = pytest.mark.e2e
 
-# Canvas pixels that differ from the viewer's background (#eef1f5): the bodies.
+# Canvas pixels that differ from the viewer's background (#eef1f5), the bodies: their count
+# and mean column.
 _MESH_PIXELS_JS = """
 const canvas = document.getElementById('viewer');
 const copy = document.createElement('canvas');
@@ -18,12 +19,12 @@ copy.width = canvas.width; copy.height = canvas.height;
 const ctx = copy.getContext('2d');
 ctx.drawImage(canvas, 0, 0);
 const data = ctx.getImageData(0, 0, copy.width, copy.height).data;
-let mesh = 0;
+let mesh = 0, column = 0;
 for (let i = 0; i < data.length; i += 4) {
   const d = Math.abs(data[i] - 0xee) + Math.abs(data[i + 1] - 0xf1) + Math.abs(data[i + 2] - 0xf5);
-  if (d > 40) mesh += 1;
+  if (d > 40) { mesh += 1; column += (i / 4) % copy.width; }
 }
-return [mesh, copy.width * copy.height];
+return [mesh, copy.width * copy.height, column / Math.max(mesh, 1)];
 """
 
 
@@ -45,7 +46,7 @@ def _check_result(page, base: str) -> None:  # type: ignore[no-untyped-def]
         640,
     ]
     assert page.driver.find_element("id", "viewer").is_displayed()
-    mesh, total = page.js(_MESH_PIXELS_JS)
+    mesh, total, _ = page.js(_MESH_PIXELS_JS)
     assert total > 10_000 and 0.02 < mesh / total < 0.9, (mesh, total)
     rows = page.driver.find_elements("css selector", "#people tbody tr")
     assert len(rows) == 1
@@ -115,3 +116,36 @@ def test_drop_a_file_and_plain_errors(served: str, open_page) -> None:  # type: 
     error = page.driver.find_element("id", "error").text
     assert error.startswith("That file is not a picture the service can read"), error
     assert page.driver.find_element("id", "key-form").is_displayed() is False
+
+
+@pytest.mark.slow
+def test_a_video_plays_in_the_viewer_frame_by_frame(served: str, open_page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.synth.motion import MotionConfig, encode_video, make_clip
+
+    clip = make_clip(MotionConfig(frames=20, fps=10.0, image_hw=(240, 320)), seed=0)
+    video = tmp_path / "walk.mp4"
+    video.write_bytes(encode_video(clip.frames, clip.fps))
+    page = open_page()
+    page.driver.get(f"{served}/demo")
+    page.js(f"sessionStorage.setItem('metahmr.apiKey', '{API_KEY}')")
+    page.driver.refresh()
+    page.driver.find_element("id", "image").send_keys(str(video))
+    animation = page.driver.find_element("css selector", 'input[name="return"][value="animation"]')
+    assert animation.is_selected()  # chosen for a video
+    page.driver.find_element("id", "submit").click()
+    state = page.wait_for_state("done", "failed", timeout_s=240)
+    assert state == "done", page.driver.find_element("id", "error").text
+    assert "Track" in page.driver.find_element("css selector", "#people tbody tr").text
+    slider = page.driver.find_element("id", "frame")
+    assert slider.is_displayed() and slider.get_attribute("max") == "19"
+    seen = []
+    for frame in (0, 19):
+        page.js(
+            "const s = document.getElementById('frame'); s.value = arguments[0];"
+            "s.dispatchEvent(new Event('input'));",
+            frame,
+        )
+        seen.append(page.js(_MESH_PIXELS_JS))
+    assert all(mesh > 500 for mesh, _, _ in seen)  # a body at both ends
+    assert seen[0] != seen[1]  # and it moved
+    assert [u for u in page.requested_urls() if not same_origin(u, served)] == []

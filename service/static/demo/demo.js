@@ -81,6 +81,10 @@ function chosenFile() {
 }
 
 function showChosen(file) {
+  // A video's result is best seen moving: ask for animation.glb.
+  if (file && file.type.startsWith("video/")) {
+    document.querySelector('input[name="return"][value="animation"]').checked = true;
+  }
   const chosen = $("chosen");
   chosen.textContent = file ? `${file.name} (${Math.round(file.size / 1024)} kB)` : "No file chosen.";
   if (file && file.type.startsWith("image/")) {
@@ -224,37 +228,59 @@ function fmt(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
+function mean(values) {
+  const known = values.filter((v) => v !== null && v !== undefined);
+  return known.length ? known.reduce((a, b) => a + b, 0) / known.length : null;
+}
+
+function tableRow(colour, label, cells) {
+  const row = document.createElement("tr");
+  const who = document.createElement("td");
+  const swatch = document.createElement("span");
+  swatch.className = "swatch";
+  swatch.style.background = personColor(colour);
+  who.append(swatch, label);
+  row.append(who);
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    row.append(td);
+  }
+  return row;
+}
+
 function fitTable(result) {
   const body = $("people").querySelector("tbody");
   body.replaceChildren();
   (result.people || []).forEach((person, i) => {
     const fit = person.fit || {};
-    const row = document.createElement("tr");
-    const who = document.createElement("td");
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = personColor(i);
-    who.append(swatch, `Person ${i + 1}`);
-    row.append(who);
-    const cells = [
+    body.append(tableRow(i, `Person ${i + 1}`, [
       person.keypoint_source || "–",
       fit.skipped ? `0 (${fit.skipped})` : fmt(fit.steps_run, 0),
       fmt(fit.loss_start, 5),
       fmt(fit.loss_end, 5),
       fmt(fit.reprojection_error_px, 1),
-    ];
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      row.append(td);
-    }
-    body.append(row);
+    ]));
+  });
+  // A video: one row per track, its per-frame fits averaged.
+  (result.tracks || []).forEach((track, i) => {
+    const fits = track.people.map((p) => p.fit || {});
+    body.append(tableRow(i, `Track ${track.track_id} (${track.frames.length} frames, mean)`, [
+      track.people[0]?.keypoint_source || "–",
+      fmt(mean(fits.map((f) => f.steps_run)), 1),
+      fmt(mean(fits.map((f) => f.loss_start)), 5),
+      fmt(mean(fits.map((f) => f.loss_end)), 5),
+      fmt(mean(fits.map((f) => f.reprojection_error_px)), 1),
+    ]));
   });
   const m = result.model || {};
   const total = result.timings_ms?.total;
+  const v = result.video;
   $("model").textContent =
     `Model ${m.name || "?"} ${m.version || ""}, body model ${m.body_model || "?"}, ` +
-    `TTO scope ${m.tto_scope || "?"}; image ${result.image?.width}×${result.image?.height} px` +
+    `TTO scope ${m.tto_scope || "?"}; ${v ? "video" : "image"} ` +
+    `${result.image?.width}×${result.image?.height} px` +
+    (v ? `, ${v.frames} frames at ${fmt(v.fps, 1)} fps` : "") +
     (total !== undefined ? `; ${Math.round(total)} ms in the worker.` : ".");
 }
 
@@ -305,7 +331,9 @@ async function showResult(job) {
     img.src = fetched["overlay.png"].url;
     await loaded;
   }
-  const glb = fetched["animation.glb"] || fetched["mesh.glb"];
+  // A video's bodies move (animation.glb); a photo's stand still (mesh.glb).
+  const glb = (result.video && fetched["animation.glb"]) || fetched["mesh.glb"] ||
+    fetched["animation.glb"];
   const note = $("viewer-note");
   note.hidden = true;
   $("viewer-figure").hidden = !glb;
@@ -315,8 +343,10 @@ async function showResult(job) {
     note.textContent = "This browser cannot show 3D (WebGL is off); download the mesh below.";
   } else if (glb) {
     viewer = viewer || new Viewer($("viewer"));
-    const shown = await viewer.show(await glb.blob.arrayBuffer(), result.image);
-    frameSlider(shown.frames);
+    const trackColour = new Map((result.tracks || []).map((t, i) => [t.track_id, i]));
+    const colourOf = (kind, n) => (kind === "track" ? trackColour.get(n) : n);
+    const shown = await viewer.show(await glb.blob.arrayBuffer(), result.image, colourOf);
+    frameSlider(shown.animated ? videoFrameTimes(result.video) : []);
   } else if (!result.people?.length) {
     note.hidden = false;
     note.textContent = "No people in the result.";
@@ -326,13 +356,19 @@ async function showResult(job) {
 
 let playing = null;
 
-function frameSlider(count) {
+// The time of each video frame in animation.glb (key k plays at frames[k] / fps).
+function videoFrameTimes(video) {
+  if (!video || !(video.fps > 0)) return viewer.frameTimes();
+  return Array.from({ length: video.frames }, (_, i) => i / video.fps);
+}
+
+function frameSlider(times) {
   const slider = $("frame");
+  const count = times.length;
   $("frames").hidden = count < 2;
   clearInterval(playing);
   playing = null;
   if (count < 2) return;
-  const times = viewer.frameTimes();
   slider.max = String(count - 1);
   slider.value = "0";
   const show = (i) => {
@@ -356,7 +392,7 @@ function frameSlider(count) {
     }
   };
   show(0);
-  play();
+  $("play").textContent = "Play";
 }
 
 // --- wiring ---------------------------------------------------------------------------

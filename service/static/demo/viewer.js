@@ -26,12 +26,14 @@ export function webglAvailable() {
   }
 }
 
-function personIndex(object, fallback) {
+// The person or track a mesh belongs to, from its node's name: mesh.glb has "person_<i>",
+// animation.glb "track_<id>". Returns ["person" | "track", number] or null.
+function owner(object) {
   for (let o = object; o; o = o.parent) {
-    const match = /person_(\d+)/.exec(o.name || "");
-    if (match) return Number(match[1]);
+    const match = /^(person|track)_(\d+)$/.exec(o.name || "");
+    if (match) return [match[1], Number(match[2])];
   }
-  return fallback;
+  return null;
 }
 
 export class Viewer {
@@ -57,30 +59,48 @@ export class Viewer {
     new ResizeObserver(() => this.resize()).observe(canvas);
   }
 
-  // Show a glb (ArrayBuffer). `image`: the result's {width, height, focal_length}.
-  async show(buffer, image) {
+  // Show a glb (ArrayBuffer). `image`: the result's {width, height, focal_length};
+  // `colourOf(kind, n)`: the colour index of person or track n (default: n itself).
+  async show(buffer, image, colourOf = (kind, n) => n) {
     const gltf = await new GLTFLoader().parseAsync(buffer, "");
     if (this.content) this.scene.remove(this.content);
     this.content = gltf.scene;
     let order = 0;
     this.content.traverse((object) => {
       if (!object.isMesh) return;
-      const index = personIndex(object, order++);
+      const found = owner(object);
+      const index = found ? colourOf(...found) : order;
+      order += 1;
       if (!object.geometry.attributes.normal) object.geometry.computeVertexNormals();
       object.material = new THREE.MeshStandardMaterial({
-        color: personColor(index), roughness: 0.65, metalness: 0.0, side: THREE.DoubleSide,
+        color: personColor(index ?? order - 1), roughness: 0.65, metalness: 0.0,
+        side: THREE.DoubleSide,
       });
     });
     this.scene.add(this.content);
-    this.setCamera(image);
     this.mixer = null;
     this.clip = gltf.animations[0] || null;
     if (this.clip) {
       this.mixer = new THREE.AnimationMixer(this.content);
-      this.mixer.clipAction(this.clip).play();
+      const action = this.mixer.clipAction(this.clip);
+      // Frames are shown by time; a looping action would wrap the last one to the first.
+      action.setLoop(THREE.LoopOnce, 1);
+      action.clampWhenFinished = true;
+      action.play();
+      this.mixer.setTime(0); // pose the bodies before the camera frames them
     }
+    this.content.updateMatrixWorld(true);
+    this.content.traverse((object) => {
+      if (!object.isSkinnedMesh) return;
+      // Bounds of the posed body, not of the rest mesh at the origin; the pose changes
+      // with the frame, so no culling by stale bounds either.
+      object.skeleton.update();
+      object.computeBoundingBox();
+      object.frustumCulled = false;
+    });
+    this.setCamera(image);
     this.render();
-    return { people: order, frames: this.frameTimes().length };
+    return { meshes: order, animated: Boolean(this.clip) };
   }
 
   // The photo's camera: vertical field of view from the focal length, canvas shaped like
@@ -109,7 +129,7 @@ export class Viewer {
     this.render();
   }
 
-  // The key-frame times of the animation (one per video frame), or [] for a still mesh.
+  // The key-frame times of the animation, or [] for a still mesh.
   frameTimes() {
     if (!this.clip || this.clip.tracks.length === 0) return [];
     return Array.from(this.clip.tracks[0].times);
