@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +361,12 @@ def _register_eval(sub: Any) -> None:
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--model-card", type=Path,
                     help="also write the tables into this model card's 'Metrics' section")
+    ev.add_argument("--motion", action="store_true",
+                    help="only the motion split (training.evaluate_motion): independent vs "
+                    "smoothed fits on synthetic clips, into the 'motion' part of results.json "
+                    "and its results.md section (checkpoint: --meta-dual, default the shipped one)")
+    ev.add_argument("--motion-clips", type=int, default=4, help="motion split: clips")
+    ev.add_argument("--motion-frames", type=int, default=90, help="motion split: frames per clip")
     ev.set_defaults(func=_eval)
 
 
@@ -372,6 +378,8 @@ def _eval(args: argparse.Namespace) -> int | list[DocSection]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.motion:
+        return _eval_motion(args)
     checkpoints = {m: str(getattr(args, flag)) for flag, methods in METHOD_FLAGS
                    for m in methods if getattr(args, flag) is not None}
     splits = {s: str(getattr(args, s)) for s in ("test", "shifted") if getattr(args, s) is not None}
@@ -398,6 +406,30 @@ def _eval(args: argparse.Namespace) -> int | list[DocSection]:
 
         return [DocSection(args.model_card, "Metrics", card_metrics(result, config.table_steps))]
     return 0
+
+
+def _eval_motion(args: argparse.Namespace) -> list[DocSection]:
+    import json
+
+    from training.evaluate import RESULTS_JSON, RESULTS_MD
+    from training.evaluate_motion import (
+        SECTION,
+        MotionEvalConfig,
+        evaluate_motion,
+        markdown_section,
+    )
+
+    config = MotionEvalConfig(clips=args.motion_clips, frames=args.motion_frames, seed=args.seed)
+    if args.meta_dual is not None:
+        config = replace(config, checkpoint=str(args.meta_dual))
+    payload = evaluate_motion(config)
+    path = args.out_dir / RESULTS_JSON
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["motion"] = payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    logging.getLogger("metahmr.eval").info("wrote the motion split into %s", path)
+    return [DocSection(args.out_dir / RESULTS_MD, SECTION, markdown_section(payload))]
 
 
 def _real_folder(args: argparse.Namespace) -> str | None:

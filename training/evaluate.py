@@ -396,12 +396,30 @@ def write_report(result: EvalResult, out_dir: str | Path, table_steps: int = 14)
     if result.real is not None:
         payload["real"] = result.real
     json_path = out / RESULTS_JSON
+    motion = _kept_motion(json_path)  # the motion split (`eval --motion`) is written apart
+    if motion is not None:
+        payload["motion"] = motion
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     png_path = out / RESULTS_PNG
     plot_curves(result.rows, png_path)
     md_path = out / RESULTS_MD
-    md_path.write_text(markdown_report(result, table_steps, png_path.name))
+    text = markdown_report(result, table_steps, png_path.name)
+    if motion is not None:
+        from training.evaluate_motion import SECTION, markdown_section
+
+        text = text.rstrip("\n") + f"\n\n## {SECTION}\n\n{markdown_section(motion)}\n"
+    md_path.write_text(text)
     return [json_path, md_path, png_path]
+
+
+def _kept_motion(json_path: Path) -> dict[str, Any] | None:
+    if not json_path.exists():
+        return None
+    try:
+        motion = json.loads(json_path.read_text()).get("motion")
+    except (ValueError, AttributeError):
+        return None
+    return motion if isinstance(motion, dict) else None
 
 
 def _row_at(
