@@ -5,8 +5,14 @@ request to another host."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from demo_browser import API_KEY, EXAMPLE, same_origin
+from PIL import Image
+
+EXAMPLE_KEYPOINTS = EXAMPLE.with_name("example_keypoints.json")
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +122,73 @@ def test_drop_a_file_and_plain_errors(served: str, open_page) -> None:  # type: 
     error = page.driver.find_element("id", "error").text
     assert error.startswith("That file is not a picture the service can read"), error
     assert page.driver.find_element("id", "key-form").is_displayed() is False
+
+
+# The bodies' pixels in the left and right halves of a drawn element (the overlay <img> or
+# the viewer's canvas): mean red minus blue of each half. Body pixels: those that differ
+# from `arguments[1]` (the photo, for the overlay) or from the viewer's background.
+_HALVES_JS = """
+const [el, under] = arguments;
+const w = el.naturalWidth || el.width, h = el.naturalHeight || el.height;
+function pixels(source) {
+  const copy = document.createElement('canvas');
+  copy.width = w; copy.height = h;
+  const ctx = copy.getContext('2d');
+  if (source) ctx.drawImage(source, 0, 0, w, h);
+  else { ctx.fillStyle = '#eef1f5'; ctx.fillRect(0, 0, w, h); }
+  return ctx.getImageData(0, 0, w, h).data;
+}
+const drawn = pixels(el), base = pixels(under);
+const sums = [0, 0], counts = [0, 0];
+for (let i = 0; i < drawn.length; i += 4) {
+  const d = Math.abs(drawn[i] - base[i]) + Math.abs(drawn[i + 1] - base[i + 1])
+    + Math.abs(drawn[i + 2] - base[i + 2]);
+  if (d < 60) continue;
+  const half = (i / 4) % w < w / 2 ? 0 : 1;
+  sums[half] += drawn[i] - drawn[i + 2];
+  counts[half] += 1;
+}
+return [sums[0] / Math.max(counts[0], 1), sums[1] / Math.max(counts[1], 1), counts];
+"""
+
+
+def test_two_people_from_a_keypoints_file_in_two_colours(
+    served: str, open_page, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # The example photo twice side by side, and its keypoints for each copy.
+    photo = Image.open(EXAMPLE).convert("RGB")
+    pair = Image.new("RGB", (2 * photo.width, photo.height))
+    pair.paste(photo, (0, 0))
+    pair.paste(photo, (photo.width, 0))
+    pair.save(tmp_path / "two.jpg", quality=92)
+    keypoints = json.loads(EXAMPLE_KEYPOINTS.read_text())
+    moved = [[x + photo.width, y, c] for x, y, c in keypoints["points"]]
+    (tmp_path / "two.json").write_text(json.dumps([keypoints, {**keypoints, "points": moved}]))
+
+    page = open_page()
+    page.driver.get(f"{served}/demo")
+    page.js(f"sessionStorage.setItem('metahmr.apiKey', '{API_KEY}')")
+    page.driver.refresh()
+    page.driver.find_element("id", "image").send_keys(str(tmp_path / "two.jpg"))
+    page.driver.find_element("css selector", "details summary").click()
+    page.driver.find_element("id", "keypoints").send_keys(str(tmp_path / "two.json"))
+    page.driver.find_element("id", "steps").send_keys("3")
+    page.driver.find_element("id", "submit").click()
+    state = page.wait_for_state("done", "failed")
+    assert state == "done", page.driver.find_element("id", "error").text
+    rows = page.driver.find_elements("css selector", "#people tbody tr")
+    assert [r.find_element("tag name", "td").text for r in rows] == ["Person 1", "Person 2"]
+    assert all(r.find_elements("tag name", "td")[1].text == "request" for r in rows)
+    swatches = page.js(
+        "return [...document.querySelectorAll('#people .swatch')].map(s => s.style.background)"
+    )
+    assert len(set(swatches)) == 2
+    # Person 1 (left) light blue, person 2 (right) orange, in the overlay and the 3D view.
+    photo = page.driver.find_element("css selector", "#chosen img")
+    for element, under in (("overlay", photo), ("viewer", None)):
+        left, right, counts = page.js(_HALVES_JS, page.driver.find_element("id", element), under)
+        assert min(counts) > 300, (element, counts)
+        assert left < -10 and right > 40, (element, left, right)
 
 
 @pytest.mark.slow
