@@ -28,8 +28,9 @@ def chromium() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`metahmr serve` with the shipped model, one worker and API keys on; yields its URL."""
+def served(chromium: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`metahmr serve` with the shipped model, one worker and API keys on; yields its URL.
+    (It asks for `chromium` so that a machine without a browser skips before starting it.)"""
     state = tmp_path_factory.mktemp("serve")
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     env |= {
