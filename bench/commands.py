@@ -22,6 +22,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     _register_render(bench)
     _register_synth(bench)
     _register_service(bench)
+    _register_reliability(bench)
 
 
 def _register_tto(bench: Any) -> None:
@@ -91,6 +92,31 @@ def _register_service(bench: Any) -> None:
     service.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     service.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
     service.set_defaults(func=_service)
+
+
+def _register_reliability(bench: Any) -> None:
+    rel = bench.add_parser(
+        "reliability",
+        help="worker and Redis kill -9, a poison job, a serve restart and load, on serve stacks",
+        description="Start `metahmr serve` stacks (diagnostics pipeline), break them as the "
+        "issue's tests did, count what the API answers, and write the 'reliability' section "
+        "of docs/benchmarks.md.",
+    )
+    rel.add_argument("--kills", type=int, default=10, help="worker kill -9s under running jobs")
+    rel.add_argument("--redis-jobs", type=int, default=15, help="jobs in flight at the Redis kill")
+    rel.add_argument("--restart-jobs", type=int, default=6, help="jobs queued at the serve stop")
+    rel.add_argument("--load-requests", type=int, default=200, help="jobs per load mode")
+    rel.add_argument("--load-clients", default="8,32", help="concurrent clients per load mode")
+    rel.add_argument("--json", type=Path, help="also write the results as JSON here")
+    rel.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
+    rel.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    rel.set_defaults(func=_reliability)
+
+
+def _reliability(args: argparse.Namespace) -> int:
+    from bench.reliability import run_from_args
+
+    return run_from_args(args)
 
 
 def _tto(args: argparse.Namespace) -> int:
