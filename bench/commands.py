@@ -1,4 +1,4 @@
-"""`metahmr bench tto|render|synth|service`: the benchmarks' parsers (the handlers import the
+"""`metahmr bench tto|render|synth|service|video`: the benchmarks' parsers (the handlers import the
 benchmark, and with it torch, onnxruntime or uvicorn, only when they run).
 
 Each benchmark writes its section of docs/benchmarks.md (`--doc`, `--no-doc`).
@@ -23,6 +23,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     _register_synth(bench)
     _register_service(bench)
     _register_reliability(bench)
+    _register_video(bench)
 
 
 def _register_tto(bench: Any) -> None:
@@ -92,6 +93,30 @@ def _register_service(bench: Any) -> None:
     service.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     service.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
     service.set_defaults(func=_service)
+
+
+def _register_video(bench: Any) -> None:
+    video = bench.add_parser(
+        "video",
+        help="video jobs: frames/s of a fixed clip (one person, 640x480), eager and batched",
+        description="Run a fixed synthetic clip through the worker's video path with the "
+        "shipped model and write the 'Video' section of docs/benchmarks.md.",
+    )
+    video.add_argument("--frames", type=int, default=90, help="clip length (30 fps)")
+    video.add_argument("--batch", type=int, default=8, help="frames per call, batched mode")
+    video.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median)")
+    video.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")
+    video.add_argument("--json", type=Path, help="also write the results as JSON here")
+    video.add_argument("--strip", type=Path, help="also draw the tracked bodies over 5 frames (PNG)")
+    video.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
+    video.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    video.set_defaults(func=_video)
+
+
+def _video(args: argparse.Namespace) -> int:
+    from bench.video import run_from_args
+
+    return run_from_args(args)
 
 
 def _register_reliability(bench: Any) -> None:

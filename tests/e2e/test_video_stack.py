@@ -6,12 +6,13 @@ gives one track covering every frame, with its motion exports."""
 
 from __future__ import annotations
 
-import io
+import json
 
 import numpy as np
 import pytest
 from gltf_checks import validate_glb
 
+from cli import main as metahmr
 from service.client import JobFailed
 
 pytestmark = pytest.mark.e2e
@@ -44,18 +45,22 @@ def test_a_5_s_clip_gives_one_track_over_every_frame(stack, tmp_path) -> None:  
         pytest.skip("no shipped model")
     stack.workers.start(METAHMR_PIPELINE="onnx", METAHMR_ONNX_THREADS="1", METAHMR_TORCH_THREADS="1")
     clip = make_clip(MotionConfig(frames=150, fps=30.0, image_hw=(240, 320)), seed=0)
-    options = {"return": ["animation", "bvh", "smpl_npz"]}
-    job_id = stack.client.submit(encode_video(clip.frames, clip.fps), options, filename="clip.mp4")
-    job = stack.client.wait(job_id, timeout_s=300)
-    result = job["result"]
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(encode_video(clip.frames, clip.fps))
+    out = {k: tmp_path / n for k, n in (("glb", "a.glb"), ("bvh", "a.bvh"), ("npz", "s.npz"), ("json", "r.json"))}
+    rc = metahmr([
+        "recover", str(video), "--server", stack.url, "--out", str(out["json"]), "--timeout", "300",
+        "--animation", str(out["glb"]), "--bvh", str(out["bvh"]), "--smpl-npz", str(out["npz"]),
+    ])  # fmt: skip
+    assert rc == 0
+    result = json.loads(out["json"].read_text())
     assert result["video"]["frames"] == 150 and result["video"]["fps"] == 30.0
     (track,) = result["tracks"]
     assert track["frames"] == list(range(150)) and len(track["people"]) == 150
-    glb = stack.client.download(job_id, "animation.glb")
-    report = validate_glb(glb, tmp_path)
+    report = validate_glb(out["glb"].read_bytes(), tmp_path)
     assert report["numErrors"] == 0, report
-    npz = np.load(io.BytesIO(stack.client.download(job_id, "smpl.npz")))
+    npz = np.load(out["npz"])
     poses = np.array([p["smpl"]["global_orient"] + p["smpl"]["body_pose"] for p in track["people"]])
-    assert any(v.shape == (150, 72) for v in npz.values())
-    assert any(np.allclose(v, poses, atol=1e-4) for v in npz.values() if v.shape == (150, 72))
-    assert b"Frame Time" in stack.client.download(job_id, "animation.bvh")
+    assert npz["poses"].shape == (150, 72) and np.allclose(npz["poses"], poses, atol=1e-4)
+    assert float(npz["mocap_framerate"]) == 30.0
+    assert b"Frame Time" in out["bvh"].read_bytes()
