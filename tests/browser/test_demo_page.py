@@ -95,7 +95,7 @@ def test_example_on_load_at_phone_width(served: str, open_page) -> None:  # type
     assert unlabelled == []
 
 
-def test_drop_a_file_and_plain_errors(served: str, open_page) -> None:  # type: ignore[no-untyped-def]
+def test_drop_a_file_and_plain_errors(served: str, open_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page = open_page()
     page.driver.get(f"{served}/demo")
     page.driver.find_element("id", "submit").click()
@@ -122,6 +122,21 @@ def test_drop_a_file_and_plain_errors(served: str, open_page) -> None:  # type: 
     error = page.driver.find_element("id", "error").text
     assert error.startswith("That file is not a picture the service can read"), error
     assert page.driver.find_element("id", "key-form").is_displayed() is False
+    # Keypoints: a file that is not JSON (caught in the page), then too few points (the API's 422).
+    page.driver.find_element("id", "image").send_keys(str(EXAMPLE))
+    page.driver.find_element("css selector", "details summary").click()
+    for text, start in (
+        ("{not json", "The keypoints file bad.json is not valid JSON"),
+        ('{"format": "coco17", "points": [[1, 2, 1]]}', "Some input is not valid: "),
+    ):
+        (tmp_path / "bad.json").write_text(text)
+        page.driver.find_element("id", "keypoints").send_keys(str(tmp_path / "bad.json"))
+        page.driver.find_element("id", "submit").click()
+        assert page.wait_for_state("failed") == "failed"
+        error = page.driver.find_element("id", "error").text
+        assert error.startswith(start), error
+        page.js("document.body.dataset.state = 'idle'")
+    assert "17 keypoints" in error
 
 
 # The bodies' pixels in the left and right halves of a drawn element (the overlay <img> or
