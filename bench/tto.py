@@ -23,17 +23,15 @@ import logging
 import os
 import platform
 import shlex
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.timing import STEPS, BenchSettings, median_ms
 from model.checkpoint import random_checkpoint
 from model.config import BackboneConfig, RegressorConfig, TTOConfig, TTORuntime
 from model.export import export_checkpoint
@@ -45,32 +43,6 @@ from model.tto import TTOInputs, compile_failure, fit, warm_up
 log = logging.getLogger(__name__)
 
 SECTION = "TTO"
-STEPS = 14
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    backbones: tuple[str, ...] = ("resnet18", "resnet50")
-    repeats: int = 3
-    threads: int = 2
-    device: str = "cpu"
-    people: int = 16
-    # What the shipped model's TTO adapts ("all" head weights); "output" is also timed.
-    head_subset: str = "all"
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: allocator, ORT arenas, autograd caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 def _scene(batch: int, body: Any, device: str) -> tuple[TTOInputs, torch.Tensor]:
     """B people in a 640x480 image with keypoints from a posed body, slightly perturbed."""
     gen = torch.Generator().manual_seed(0)
@@ -123,7 +95,7 @@ def _onnx_forward_ms(
             (features,) = sessions[f"{net}_backbone"].run(None, {"image": image})
             sessions[f"{net}_head"].run(None, {"features": features, "bbox_info": info})
 
-    return _median_ms(forward, settings.repeats)
+    return median_ms(forward, settings.repeats)
 
 
 def reference_style_fit(
@@ -193,18 +165,18 @@ def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, A
         "head_subset": settings.head_subset,
     }
     result["forward_ms"] = _onnx_forward_ms(ckpt, settings, image.cpu().numpy(), info.cpu().numpy())
-    result["head_tto_ms"] = _median_ms(lambda: fit(f_w, head_in, body, base, aux), settings.repeats)
+    result["head_tto_ms"] = median_ms(lambda: fit(f_w, head_in, body, base, aux), settings.repeats)
     other = "all" if settings.head_subset == "output" else "output"
-    result[f"head_tto_{other}_ms"] = _median_ms(
+    result[f"head_tto_{other}_ms"] = median_ms(
         lambda: fit(f_w, head_in, body, replace(base, head_subset=other), aux), settings.repeats
     )
     full = replace(base, scope="full")
-    result["full_tto_ms"] = _median_ms(lambda: fit(f_w, one, body, full, aux), settings.repeats)
-    result["reference_ms"] = _median_ms(
+    result["full_tto_ms"] = median_ms(lambda: fit(f_w, one, body, full, aux), settings.repeats)
+    result["reference_ms"] = median_ms(
         lambda: reference_style_fit(f_w, f_u, one, body, full), settings.repeats
     )
     batched = TTORuntime(batched=True)
-    result["batch16_ms"] = _median_ms(  # one pass, per-person weight copies
+    result["batch16_ms"] = median_ms(  # one pass, per-person weight copies
         lambda: fit(f_w, many_in, body, base, aux_many, runtime=batched), settings.repeats
     )
     # The same head fits as torch.compile'd steps (TTORuntime.compile, METAHMR_TTO_COMPILE):
@@ -212,20 +184,20 @@ def bench_backbone(name: str, settings: BenchSettings, body: Any) -> dict[str, A
     compiled = TTORuntime(compile=True)
     result["compile_s"] = warm_up(f_w, body, base, compiled)
     result["compile_fell_back"] = compile_failure()
-    result["head_tto_compiled_ms"] = _median_ms(
+    result["head_tto_compiled_ms"] = median_ms(
         lambda: fit(f_w, head_in, body, base, aux, runtime=compiled), settings.repeats
     )
     base_other = replace(base, head_subset=other)
     warm_up(f_w, body, base_other, compiled, people=(1,))
-    result[f"head_tto_compiled_{other}_ms"] = _median_ms(
+    result[f"head_tto_compiled_{other}_ms"] = median_ms(
         lambda: fit(f_w, head_in, body, base_other, aux, runtime=compiled), settings.repeats
     )
     compiled_batched = TTORuntime(compile=True, batched=True)
-    result["batch16_compiled_ms"] = _median_ms(
+    result["batch16_compiled_ms"] = median_ms(
         lambda: fit(f_w, many_in, body, base, aux_many, runtime=compiled_batched),
         settings.repeats,
     )
-    result[f"batch16_compiled_{other}_ms"] = _median_ms(
+    result[f"batch16_compiled_{other}_ms"] = median_ms(
         lambda: fit(f_w, many_in, body, base_other, aux_many, runtime=compiled_batched),
         settings.repeats,
     )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.tto import STEPS, BenchSettings, _median_ms
+from bench.timing import STEPS, BenchSettings, median_ms
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +85,23 @@ def bench_model(
         shown = shown.relative_to(EXAMPLE_IMAGE.parents[2])
     result: dict[str, Any] = {"model": str(shown), "version": ckpt.model_version, "variant": variant}
     result["image"] = f"{image_path.name} {width}x{height}"
-    result["forward_ms"] = _median_ms(forward, settings.repeats)
-    result["detector_ms"] = _median_ms(lambda: blazepose.detect_people(image), settings.repeats)
-    result["landmarks_ms"] = _median_ms(lambda: blazepose.landmarks(image, landmarks.roi), settings.repeats)
-    result["heads_ms"] = _median_ms(lambda: regress(model, crops, [landmarks]), settings.repeats)
+    result["forward_ms"] = median_ms(forward, settings.repeats)
+    result["detector_ms"] = median_ms(lambda: blazepose.detect_people(image), settings.repeats)
+    result["landmarks_ms"] = median_ms(lambda: blazepose.landmarks(image, landmarks.roi), settings.repeats)
+    result["heads_ms"] = median_ms(lambda: regress(model, crops, [landmarks]), settings.repeats)
 
     keypoints, _ = fit_keypoints(image, people, crops, model, landmarks)
     inputs = TTOInputs(torch.from_numpy(keypoints), crops.crop, features=torch.from_numpy(features))
     f_w = ckpt.build_f_w("cpu")
     base = replace(ckpt.tto, steps=STEPS, early_stop=0.0)
     result["tto"] = {"subset": base.head_subset, "sgd_lr": base.sgd_lr, "adam_lr": base.adam_lr}
-    result["head_tto_ms"] = _median_ms(lambda: fit(f_w, inputs, body, base, aux), settings.repeats)
+    result["head_tto_ms"] = median_ms(lambda: fit(f_w, inputs, body, base, aux), settings.repeats)
     result["head_tto_overhead"] = result["head_tto_ms"] / result["forward_ms"]
     if compiled:
         runtime = TTORuntime(compile=True)
         result["compile_s"] = warm_up(f_w, body, base, runtime)
         result["compile_fell_back"] = compile_failure()
-        result["head_tto_compiled_ms"] = _median_ms(
+        result["head_tto_compiled_ms"] = median_ms(
             lambda: fit(f_w, inputs, body, base, aux, runtime=runtime), settings.repeats
         )
         result["head_tto_compiled_overhead"] = result["head_tto_compiled_ms"] / result["forward_ms"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.tto import BenchSettings, machine_info
+from bench.timing import BenchSettings
+from bench.tto import machine_info
 from bench.tto_model import bench_model, render_markdown
 from model.checkpoint import checkpoint_from_models, save_checkpoint
 from model.config import BackboneConfig, RegressorConfig, TTOConfig
