@@ -32,7 +32,7 @@ def fixed_clip(frames: int, hw: tuple[int, int] = (480, 640), fps: float = 30.0)
     return clip, encode_video(clip.frames, fps)
 
 
-def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, scale: float = 0.5) -> None:
+def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, scale: float = 0.3) -> None:
     """`count` evenly spaced frames of `clip` side by side, each with the video result's
     tracked bodies drawn over it (the smoothed SMPL and camera), as a PNG."""
     import numpy as np

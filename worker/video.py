@@ -158,8 +158,10 @@ def run_video(
     first: dict[str, Any] | None = None
     skip_whole_frame = getattr(pipeline, "blazepose", None) is not None and not options.people
     quiet: ProgressFn = lambda stage, step, total: None  # noqa: E731
+    # Files and joints are made once per track at the end, not per frame.
+    per_frame_options = options.model_copy(update={"return_": []})
     for chunk in _chunks(video.frames, max(1, batch)):
-        outs = pipeline.run_batch(chunk, [options] * len(chunk), [quiet] * len(chunk))
+        outs = pipeline.run_batch(chunk, [per_frame_options] * len(chunk), [quiet] * len(chunk))
         for frame, out in zip(chunk, outs, strict=True):
             if isinstance(out, Exception):
                 raise out

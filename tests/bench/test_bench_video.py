@@ -45,4 +45,4 @@ def test_bench_video_writes_its_section_and_strip(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "## Video" in text and "| eager | 1 |" in text and "| batched | 3 |" in text
     image = np.asarray(Image.open(strip))
-    assert image.shape == (480, 5 * 320, 3)  # five frames, each above its fit, at half size
+    assert image.shape == (288, 5 * 192, 3)  # five frames, each above its fit, at 0.3 scale
