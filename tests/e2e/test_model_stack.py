@@ -20,7 +20,7 @@ from result_checks import reprojection_px
 
 from cli import main as metahmr
 from model.body import load_body_model
-from service.client import JobFailed
+from service.client import ApiError
 from worker.runtime import SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.e2e
@@ -86,13 +86,15 @@ def test_documented_recover_command_through_the_model_stack(
     assert f"metahmr_tto_steps_sum {float(TTO_STEPS)}" in metrics
 
 
-def test_a_scope_the_model_was_not_trained_for_fails_the_job(stack, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_scope_the_model_was_not_trained_for_is_refused(stack, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The worker publishes its model's TTO scope when it loads; the API then refuses
+    another scope at submission (422), and the right one runs."""
     _onnx_worker(stack, tiny_model_dir)
     options = {"tto": {"steps": 2, "scope": "full"}, "return": ["mesh"]}
-    with pytest.raises(JobFailed) as exc:
+    with pytest.raises(ApiError) as exc:
         stack.client.recover(EXAMPLE.read_bytes(), options, timeout_s=60)
-    error = exc.value.job["error"]
-    assert error["code"] == "bad_input" and "'head' scope" in error["message"]
+    assert exc.value.status == 422 and exc.value.code == "invalid_options"
+    assert "'head' scope" in exc.value.message
     job = stack.client.recover(EXAMPLE.read_bytes(), {"tto": {"steps": 1}, "return": ["mesh"]},
                                timeout_s=60)  # fmt: skip
     assert job["status"] == "succeeded"
