@@ -118,10 +118,10 @@ class TemporalOptions(_Strict):
     """A video's per-track temporal fit (`model.temporal.refine_track`)."""
 
     enabled: bool = Field(default=True, description="re-fit each track's frames together")
-    steps: int = Field(default=40, ge=0, le=200, description="optimiser steps per window")
+    steps: int = Field(default=60, ge=0, le=200, description="optimiser steps per window")
     window: int = Field(default=64, ge=3, le=512, description="frames per window")
-    velocity_weight: float = Field(default=10.0, ge=0, le=1e6)
-    acceleration_weight: float = Field(default=300.0, ge=0, le=1e6)
+    velocity_weight: float = Field(default=0.0, ge=0, le=1e6)
+    acceleration_weight: float = Field(default=10.0, ge=0, le=1e6)
 
 
 class OneEuroOptions(_Strict):

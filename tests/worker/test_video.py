@@ -98,7 +98,7 @@ def test_a_synthetic_clip_gives_one_smoothed_track(onnx_pipeline) -> None:  # ty
     # BlazePose misses the odd frame of a small synthetic render: those frames are skipped.
     n = len(track.frames)
     assert n >= 20 and len(track.people) == n and track.frames == sorted(set(track.frames))
-    assert track.smoothing == {"temporal_steps": 40, "one_euro": True}
+    assert track.smoothing == {"temporal_steps": 60, "one_euro": True}
     betas = {tuple(p.smpl.betas) for p in track.people}
     assert len(betas) == 1  # one shape per track
     joints = np.array([p.joints3d for p in track.people])
