@@ -211,7 +211,7 @@ class OneEuroConfig:
     (higher: less lag); d_cutoff: Hz of the speed estimate."""
 
     min_cutoff: float = 1.0
-    beta: float = 0.5
+    beta: float = 2.0  # on validation clips 0.5 cost 5% PA-MPJPE in lag; 2.0 under 2%
     d_cutoff: float = 1.0
 
     def __post_init__(self) -> None:

@@ -129,7 +129,7 @@ class OneEuroOptions(_Strict):
 
     enabled: bool = False
     min_cutoff: float = Field(default=1.0, gt=0, le=100, description="Hz at rest")
-    beta: float = Field(default=0.5, ge=0, le=1e3, description="cut-off rise with speed")
+    beta: float = Field(default=2.0, ge=0, le=1e3, description="cut-off rise with speed")
 
 
 class VideoOptions(_Strict):
