@@ -416,7 +416,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| embedded Redis kill -9, {rk['jobs']} jobs queued/running | records after: "
         f"{rk['records_after']}/{rk['jobs']}; jobs: {_counts(rk['outcomes'])}; /readyz 200 again "
         f"{_fmt(rk['ready_after_s'])} s after the kill (first asked 0.2 s after it); "
-        "`GET /jobs/{id}` answers meanwhile: {_counts(rk['answers_meanwhile'])} |",
+        f"`GET /jobs/{{id}}` answers meanwhile: {_counts(rk['answers_meanwhile'])} |",
         f"| `serve` stopped (SIGTERM) with {rs['jobs']} jobs ({rs['queued_at_stop']} queued), "
         f"started again | exit status {rs['serve_exit_status']}; ready again after "
         f"{_fmt(rs['restart_s'])} s; jobs: {_counts(rs['outcomes'])} |",

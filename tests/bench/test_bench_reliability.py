@@ -38,6 +38,7 @@ def test_a_small_reliability_run_loses_nothing_and_writes_its_section(tmp_path: 
     assert report["load"][0]["outcomes"] == {"succeeded": 16}
     text = doc.read_text()
     assert "## reliability" in text and "metahmr bench reliability --kills 2" in text
+    assert "answers meanwhile: 200 JSON" in text and "_counts" not in text
 
 
 def test_reliability_is_a_bench_command() -> None:
