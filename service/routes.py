@@ -48,7 +48,7 @@ _MULTIPART_DOC = {
                         "image": {
                             "type": "string",
                             "format": "binary",
-                            "description": "JPEG, PNG or WebP",
+                            "description": "JPEG, PNG or WebP; or a short MP4, MOV or WebM video",
                         },
                         "options": {"$ref": "#/components/schemas/RecoverOptions"},
                     },
@@ -67,7 +67,7 @@ _MULTIPART_DOC = {
     response_model=JobAccepted,
     responses=_ERRORS,
     openapi_extra=_MULTIPART_DOC,
-    summary="Submit an image; returns a job to poll",
+    summary="Submit an image or a short video; returns a job to poll",
 )
 async def recover(state: StateDep, submission: RecoverDep, response: Response) -> JobAccepted:
     record = await run_in_threadpool(
