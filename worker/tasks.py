@@ -73,6 +73,42 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
+class ActiveJobs:
+    """The jobs this process is running now. The store may say this worker runs a job that
+    is not here: its task ended without settling it (a Redis error, a retry that could not
+    be sent). Such a job never loses its lease while the worker lives, so `Presence` puts it
+    back in the queue (`orphans`). The lock makes a claim and its registration one step, so
+    a job being claimed is never taken for an orphan."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    def claim(self, store: JobStore, job_id: str, worker: str) -> tuple[bool, JobStatus | None]:
+        with self.lock:
+            claimed, before = store.claim(job_id, worker)
+            if claimed:
+                self._ids.add(job_id)
+        return claimed, before
+
+    def claim_queued(self, store: JobStore, worker: str, limit: int) -> list[str]:
+        with self.lock:
+            ids = store.claim_queued(worker, limit)
+            self._ids.update(ids)
+        return ids
+
+    def done(self, job_ids: Sequence[str]) -> None:
+        with self.lock:
+            self._ids.difference_update(job_ids)
+
+    def orphans(self, store: JobStore, worker: str) -> list[str]:
+        """Jobs the store says `worker` runs that this process does not, each put back in
+        the queue (running -> queued); send their tasks."""
+        with self.lock:
+            mine = [j for j in store.running_jobs_of(worker) if j not in self._ids]
+            return [j for j in mine if store.release(j, worker)]
+
+
 class Presence:
     """A worker's heartbeat in the store, plus the reaper: every `heartbeat_interval_s` a
     daemon thread marks this worker alive for `heartbeat_ttl_s`, re-queues running jobs of
@@ -90,11 +126,13 @@ class Presence:
         worker_id: str,
         settings: WorkerSettings,
         requeue: Callable[[str], None],
+        active: ActiveJobs | None = None,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.settings = settings
         self.requeue = requeue
+        self.active = active
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_beat = time.monotonic()
@@ -139,6 +177,11 @@ class Presence:
         if time.monotonic() - self._beats_since < self.settings.heartbeat_ttl_s:
             return  # just back from an outage: let live workers renew their leases first
         self.reap()
+        for job_id in self.active.orphans(self.store, self.worker_id) if self.active else ():
+            with job_context(job_id):
+                log.warning("this worker's task for the job ended without settling it; "
+                            "job re-queued")  # fmt: skip
+                self.requeue(job_id)
         for job_id in self.store.take_unsent(self.settings.unsent_after_s):
             with job_context(job_id):
                 log.warning("job was created but never sent to the queue; sending it now")
@@ -176,6 +219,7 @@ class WorkerContext:
     store: JobStore
     worker_id: str
     presence: Presence | None = None
+    active: ActiveJobs = field(default_factory=ActiveJobs, repr=False)
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -219,11 +263,21 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     if record is None:
         log.warning("job not found (expired or deleted); nothing to do")
         return None
-    claimed, before = store.claim(job_id, ctx.worker_id)
+    claimed, before = ctx.active.claim(store, job_id, ctx.worker_id)
     if not claimed:
         log.info("job is %s; not running it again", before)
         return before
-    others = _claim_more(ctx)
+    others: list[str] = []
+    try:
+        return _run_claimed(ctx, job_id, others)
+    finally:
+        ctx.active.done([job_id, *others])
+
+
+def _run_claimed(ctx: WorkerContext, job_id: str, others: list[str]) -> JobStatus | None:
+    """run_job once `job_id` is claimed; `others` receives the jobs claimed with it."""
+    store = ctx.store
+    _claim_more(ctx, others)
     if others:
         return _run_batch(ctx, [job_id, *others])
     record = store.get(job_id)
@@ -244,18 +298,17 @@ def run_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     return _settle(ctx, job_id, record.attempts, start, compute, leader=True)
 
 
-def _claim_more(ctx: WorkerContext) -> list[str]:
-    """Up to max_batch - 1 other queued jobs, claimed for this worker; waits at most
-    batch_wait_ms for them to appear (polling the store)."""
+def _claim_more(ctx: WorkerContext, ids: list[str]) -> None:
+    """Claim up to max_batch - 1 other queued jobs for this worker into `ids`; waits at
+    most batch_wait_ms for them to appear (polling the store)."""
     want = ctx.settings.max_batch - 1
     if want <= 0:
-        return []
+        return
     deadline = time.monotonic() + ctx.settings.batch_wait_ms / 1000.0
-    ids = ctx.store.claim_queued(ctx.worker_id, want)
+    ids += ctx.active.claim_queued(ctx.store, ctx.worker_id, want)
     while len(ids) < want and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(BATCH_POLL_S, left))
-        ids += ctx.store.claim_queued(ctx.worker_id, want - len(ids))
-    return ids
+        ids += ctx.active.claim_queued(ctx.store, ctx.worker_id, want - len(ids))
 
 
 def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
@@ -447,7 +500,7 @@ def worker_context(
                     ctx.pipeline()
                 except Exception:
                     log.exception("pipeline failed to load; its jobs will fail until fixed")
-            ctx.presence = Presence(store, ctx.worker_id, settings, requeue)
+            ctx.presence = Presence(store, ctx.worker_id, settings, requeue, ctx.active)
             ctx.presence.start()
             _contexts[pid] = ctx
             log.info("worker %s up (pipeline %s)", ctx.worker_id, settings.pipeline)

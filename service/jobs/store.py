@@ -502,6 +502,15 @@ class JobStore:
     def running_jobs(self) -> set[str]:
         return {_text(m) for m in self.client.smembers(self._running)}
 
+    def running_jobs_of(self, worker: str) -> list[str]:
+        """Ids of the running jobs whose lease `worker` holds."""
+        ids = sorted(self.running_jobs())
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self._job(job_id), "worker")
+        owners = pipe.execute()
+        return [j for j, w in zip(ids, owners, strict=True) if w is not None and _text(w) == worker]
+
     # -- rate limits ------------------------------------------------------------------------
     def hit_rate_limit(self, who: str, limit: int, window_s: int = 60) -> tuple[bool, int]:
         """Count one request for `who` in the current fixed window.

@@ -111,3 +111,26 @@ def test_threads_follow_the_processes_on_the_host(monkeypatch: pytest.MonkeyPatc
     assert (one.torch_threads, one.onnx_threads) == (2, 2)
     monkeypatch.setenv("METAHMR_TORCH_THREADS", "3")  # an explicit value wins
     assert WorkerSettings().torch_threads == 3
+
+
+def test_a_job_its_task_left_running_is_put_back_but_not_one_that_runs(
+    worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
+) -> None:
+    ctx = WorkerContext(settings=worker_settings, store=store, worker_id="w")
+    ctx._pipeline = EchoPipeline(delay_s=1.5, steps=10)
+    requeued: list[str] = []
+    ctx.presence = Presence(store, "w", worker_settings, requeued.append, ctx.active)
+    ctx.presence.start()
+    try:
+        left = store.create(two_colour_jpeg, {}, {}).job_id
+        assert store.claim(left, "w")[0]  # claimed, then its task died on a Redis error
+        running = store.create(two_colour_jpeg, {}, {}).job_id
+        assert run_job(ctx, running) is JobStatus.SUCCEEDED  # reaper passes meanwhile
+        _wait(lambda: bool(requeued), 5, "the left job to be re-queued")
+    finally:
+        ctx.presence.stop()
+    assert requeued == [left]
+    record = store.get(left)
+    assert record is not None and record.status is JobStatus.QUEUED
+    done = store.get(running)
+    assert done is not None and done.attempts == 1
