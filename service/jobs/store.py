@@ -486,7 +486,10 @@ class JobStore:
             return False
         if not self.client.set(f"{self.prefix}compact_lock", 1, nx=True, px=int(every_s * 1000)):
             return False
-        appendonly = self.client.config_get("appendonly").get("appendonly")
+        try:
+            appendonly = self.client.config_get("appendonly").get("appendonly")
+        except redis.ResponseError:  # CONFIG disabled (some managed Redis): its own rewrites
+            appendonly = None
         self.client.delete(self._purge_due)  # deletions from now on wait for the next rewrite
         if _text(appendonly or b"no") != "yes":
             return False
