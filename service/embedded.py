@@ -49,6 +49,15 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has: it only awaits its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class EmbeddedRedis:
     """A private redis-server on a unix socket. Use as a context manager or call
     start()/stop(); `alive()` and `restart()` let a supervisor bring it back. `url` is a
@@ -176,7 +185,7 @@ class EmbeddedRedis:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def _terminate(self) -> None:

@@ -79,8 +79,9 @@ class LocalStack:
             directory = self.settings.state_dir / "redis"
             try:
                 self._redis = EmbeddedRedis(directory, appendonly=True).start()
-            except RuntimeError as exc:
-                log.error("cannot start the embedded Redis: %s", exc)
+            except (RuntimeError, OSError) as exc:
+                log.error("cannot start the embedded Redis in %s (METAHMR_STATE_DIR): %s",
+                          directory, exc)  # fmt: skip
                 return False
             url = self._redis.url
             self.settings = self.settings.model_copy(update={"redis_url": url})

@@ -63,3 +63,30 @@ def test_serve_gives_up_on_a_redis_that_keeps_dying(tmp_path: Path) -> None:
         assert stack.failure is not None and "died" in stack.failure
     finally:
         stack.stop()
+
+
+def test_an_unusable_state_dir_is_refused_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    stack = LocalStack(Settings(state_dir=tmp_path / "file", log_json=False))
+    assert stack._start_redis() is False and stack._redis is None
+
+
+def test_a_redis_left_running_by_a_killed_stack_is_stopped_first(tmp_path: Path) -> None:
+    from service.embedded import EmbeddedRedis
+
+    left = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    assert left._lock is not None and left.pid is not None
+    left._lock.close()  # its stack died: the lock is gone, the server is not
+    left._lock = None
+    client = redis.Redis.from_url(left.url)
+    client.set("kept", b"yes")
+    client.close()
+    again = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    try:
+        assert not left.alive()  # SIGTERMed: it wrote its AOF and exited
+        client = redis.Redis.from_url(again.url)
+        assert client.get("kept") == b"yes"
+        client.close()
+    finally:
+        again.stop()
+        left.stop()
