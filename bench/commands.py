@@ -132,6 +132,10 @@ def _register_reliability(bench: Any) -> None:
     rel.add_argument("--restart-jobs", type=int, default=6, help="jobs queued at the serve stop")
     rel.add_argument("--load-requests", type=int, default=200, help="jobs per load mode")
     rel.add_argument("--load-clients", default="8,32", help="concurrent clients per load mode")
+    rel.add_argument(
+        "--load-pipeline", choices=("echo", "onnx"), default="echo",
+        help="what the load runs: the diagnostics pipeline, or the shipped model",
+    )  # fmt: skip
     rel.add_argument("--json", type=Path, help="also write the results as JSON here")
     rel.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     rel.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")

@@ -58,6 +58,8 @@ class ReliabilityConfig:
     restart_jobs: int = 6
     load_requests: int = 200
     load_clients: tuple[int, ...] = (8, 32)
+    # "onnx": the load runs the real model on the docs' example photo and keypoints.
+    load_pipeline: str = "echo"
     # Faster than the defaults (2 s / 10 s) so a dead worker is noticed in seconds.
     heartbeat_interval_s: float = 0.5
     heartbeat_ttl_s: float = 3.0
@@ -309,9 +311,20 @@ def serve_restart(state: Path, config: ReliabilityConfig) -> dict[str, Any]:
     }
 
 
+def _load_request(pipeline: str) -> tuple[bytes, dict[str, Any]]:
+    """The load's image and options: the docs' example photo and its COCO-17 keypoints for
+    the model, the small test picture for the diagnostics pipeline."""
+    if pipeline == "echo":
+        return _photo(), {}
+    from bench.service import DEFAULT_IMAGE, DEFAULT_KEYPOINTS, request_options
+
+    return DEFAULT_IMAGE.read_bytes(), request_options(DEFAULT_KEYPOINTS)
+
+
 def load(stack: Stack, requests: int, clients: int, config: ReliabilityConfig) -> dict[str, Any]:
     """`requests` jobs from `clients` threads, each submitting then polling its job."""
-    image = _photo()
+    image, options = _load_request(config.load_pipeline)
+    form = {"options": json.dumps(options)} if options else None
     lock = threading.Lock()
     todo = list(range(requests))
     outcomes: Counter[str] = Counter()
@@ -325,7 +338,9 @@ def load(stack: Stack, requests: int, clients: int, config: ReliabilityConfig) -
                         return
                     todo.pop()
                 start = time.monotonic()
-                response = http.post("/recover", files={"image": ("photo.png", image)})
+                response = http.post(
+                    "/recover", files={"image": ("photo", image)}, data=form
+                )
                 if response.status_code != 202:
                     with lock:
                         outcomes[f"submit {response.status_code}"] += 1
@@ -378,7 +393,8 @@ def run_benchmark(config: ReliabilityConfig) -> dict[str, Any]:
             report["redis_kill"] = redis_kill(stack, config)
         log.info("serve restart with %d jobs", config.restart_jobs)
         report["serve_restart"] = serve_restart(root / "restart" / "state", config)
-        with serve(root / "load" / "state", config) as stack:
+        pipeline = {"METAHMR_PIPELINE": config.load_pipeline}
+        with serve(root / "load" / "state", config, **pipeline) as stack:
             report["load"] = []
             for clients in config.load_clients:
                 log.info("load: %d jobs from %d clients", config.load_requests, clients)
@@ -398,11 +414,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     c = report["config"]
     kills, poison = report["worker_kills"], report["poison"]
     rk, rs = report["redis_kill"], report["serve_restart"]
+    under_load = (
+        "the same pipeline with no delay"
+        if c["load_pipeline"] == "echo"
+        else "the shipped model (`METAHMR_PIPELINE=onnx`) on the docs' example photo with its "
+        "keypoints"
+    )
     lines = [
         f"Written by `{report['command']}`: `metahmr serve --workers 1` stacks (subprocesses, "
         "their own state directories) with the diagnostics pipeline (`METAHMR_PIPELINE=echo`, "
-        f"{c['echo_delay_s']:g} s a job in the fault scenarios, none under load), heartbeat "
-        f"every {c['heartbeat_interval_s']:g} s with a {c['heartbeat_ttl_s']:g} s lease. "
+        f"{c['echo_delay_s']:g} s a job) in the fault scenarios; under load {under_load}; "
+        f"heartbeat every {c['heartbeat_interval_s']:g} s with a {c['heartbeat_ttl_s']:g} s lease. "
         f"Machine: {report['machine']['cpu_count']} cores, load average at start "
         f"{report['machine'].get('load_average_at_start')} (shared).",
         "",
@@ -434,6 +456,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["metahmr", "bench", "reliability", "--kills", str(args.kills)]
     parts += ["--redis-jobs", str(args.redis_jobs), "--restart-jobs", str(args.restart_jobs)]
     parts += ["--load-requests", str(args.load_requests), "--load-clients", args.load_clients]
+    parts += ["--load-pipeline", args.load_pipeline]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -454,6 +477,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         restart_jobs=args.restart_jobs,
         load_requests=args.load_requests,
         load_clients=clients,
+        load_pipeline=args.load_pipeline,
     )
     report = run_benchmark(config)
     report["command"] = command_line(args)

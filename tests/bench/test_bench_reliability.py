@@ -46,3 +46,4 @@ def test_reliability_is_a_bench_command() -> None:
 
     args = build_parser().parse_args(["bench", "reliability", "--load-clients", "8,32"])
     assert args.kills == 10 and args.load_clients == "8,32" and args.doc.name == "benchmarks.md"
+    assert args.load_pipeline == "echo"
