@@ -181,11 +181,11 @@ class Presence:
             with job_context(job_id):
                 log.warning("this worker's task for the job ended without settling it; "
                             "job re-queued")  # fmt: skip
-                self.requeue(job_id)
+                self.send(job_id)
         for job_id in self.store.take_unsent(self.settings.unsent_after_s):
             with job_context(job_id):
                 log.warning("job was created but never sent to the queue; sending it now")
-                self.requeue(job_id)
+                self.send(job_id)
         if self.store.compact(self.settings.aof_rewrite_interval_s):
             log.info("asked Redis to rewrite its append-only file (deleted data)")
 
@@ -196,10 +196,19 @@ class Presence:
             with job_context(job_id):
                 if status is JobStatus.QUEUED:
                     log.warning("worker of a running job died; job re-queued")
-                    self.requeue(job_id)
+                    self.send(job_id)
                 else:
                     log.error("worker of a running job died too often; job failed")
         return touched
+
+    def send(self, job_id: str) -> None:
+        """Send the task of a job now queued in the store; if the broker refuses, the job
+        goes to the store's unsent index, and the next pass sends it."""
+        try:
+            self.requeue(job_id)
+        except Exception:
+            log.warning("could not send the job's task; trying again shortly", exc_info=True)
+            self.store.mark_unsent(job_id)
 
     def stop(self) -> None:
         self._stop.set()
@@ -434,7 +443,7 @@ def _settle(
             raise
         log.warning("Redis unreachable; putting the job back in the queue", exc_info=True)
         if store.release(job_id, ctx.worker_id) and ctx.presence is not None:
-            ctx.presence.requeue(job_id)
+            ctx.presence.send(job_id)
         return JobStatus.QUEUED
     except TransientJobError as exc:
         if attempts <= ctx.settings.max_transient_retries and store.release(job_id, ctx.worker_id):
@@ -442,7 +451,7 @@ def _settle(
             if leader:
                 raise RetryLater(ctx.settings.retry_delay_s, str(exc)) from exc
             if ctx.presence is not None:
-                ctx.presence.requeue(job_id)
+                ctx.presence.send(job_id)
             return JobStatus.QUEUED
         status = _fail(ctx, job_id, "transient_error", f"gave up after retries: {exc}")
     except PermanentJobError as exc:

@@ -261,6 +261,10 @@ class JobStore:
         """The job's task is with the broker: it is no longer at risk of being stranded."""
         self.client.zrem(self._unsent, job_id)
 
+    def mark_unsent(self, job_id: str) -> None:
+        """A queued job whose task could not be sent: `take_unsent` hands it out next."""
+        self.client.zadd(self._unsent, {job_id: 0})
+
     def take_unsent(self, older_than_s: float) -> list[str]:
         """Queued jobs created more than `older_than_s` ago whose task was never sent (the
         API stopped between `create` and `mark_sent`). Each is returned once; send it."""

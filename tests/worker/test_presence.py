@@ -134,3 +134,29 @@ def test_a_job_its_task_left_running_is_put_back_but_not_one_that_runs(
     assert record is not None and record.status is JobStatus.QUEUED
     done = store.get(running)
     assert done is not None and done.attempts == 1
+
+
+def test_a_task_the_broker_refused_is_sent_on_a_later_pass(
+    worker_settings: WorkerSettings, store: JobStore
+) -> None:
+    job_id = store.create(b"img", {}, {}).job_id
+    store.mark_sent(job_id)
+    store.heartbeat("dead", -1)
+    assert store.claim(job_id, "dead")[0]
+    calls: list[str] = []
+
+    def flaky_send(job: str) -> None:
+        calls.append(job)
+        if len(calls) == 1:
+            raise ConnectionError("broker unreachable")
+
+    presence = Presence(store, "alive", worker_settings, flaky_send)
+    presence.start()
+    try:
+        _wait(lambda: len(calls) >= 2, 5, "the task to be sent again")
+        time.sleep(0.5)
+    finally:
+        presence.stop()
+    assert calls == [job_id, job_id]
+    record = store.get(job_id)
+    assert record is not None and record.status is JobStatus.QUEUED
