@@ -1,4 +1,4 @@
-"""The Redis job store (`store`, its Lua `scripts`), job-scoped logging (`logs`) and the
+"""The Redis job store (`store`, its Lua `scripts`, the `records` it holds), job-scoped logging (`logs`) and the
 settings they need (`settings`): what the API and the workers share, and the only part of the
 service a worker imports besides the contract.
 
@@ -12,8 +12,7 @@ from service.jobs.logs import (
     current_job_id,
     job_context,
 )
-from service.jobs.settings import LOG_LEVELS, JobStoreSettings
-from service.jobs.store import (
+from service.jobs.records import (
     DURATION_BUCKETS_S,
     FILE_MEDIA_TYPES,
     FILE_NAMES,
@@ -27,12 +26,13 @@ from service.jobs.store import (
     JobRecord,
     JobStats,
     JobStatus,
-    JobStore,
     LeaseLost,
     Progress,
     is_job_id,
     now_iso,
 )
+from service.jobs.settings import LOG_LEVELS, JobStoreSettings
+from service.jobs.store import JobStore
 
 __all__ = [
     "LOG_LEVELS",

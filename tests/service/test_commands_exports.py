@@ -7,7 +7,7 @@ import argparse
 
 from service.commands import recover_options, register
 from service.contract import EXPORT_FILES, RecoverOptions
-from service.jobs.store import FILE_MEDIA_TYPES, FILE_NAMES
+from service.jobs.records import FILE_MEDIA_TYPES, FILE_NAMES
 
 
 def _options(*argv: str) -> dict:
