@@ -6,7 +6,7 @@ Delivery: tasks are acknowledged after they run (`task_acks_late`) and put back 
 process running them dies (`task_reject_on_worker_lost`); one task is reserved at a time
 (`worker_prefetch_multiplier = 1`). A worker that dies with its host or container cannot put
 anything back, and Redis only redelivers after the visibility timeout; the heartbeat reaper
-(`worker.tasks.Presence`) re-queues such jobs within seconds instead.
+(`worker.presence.Presence`) re-queues such jobs within seconds instead.
 """
 
 from __future__ import annotations

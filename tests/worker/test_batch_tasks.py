@@ -26,7 +26,8 @@ from worker.pipeline import (
     TransientJobError,
     run_one_by_one,
 )
-from worker.tasks import Presence, WorkerContext, run_job, stop_worker_context
+from worker.presence import Presence
+from worker.tasks import WorkerContext, run_job, stop_worker_context
 
 NOT_AN_IMAGE = b"this is not an image"
 

@@ -14,7 +14,8 @@ from service.embedded import EmbeddedRedis
 from service.jobs import JobStatus, JobStore
 from worker.config import WorkerSettings, default_threads
 from worker.pipeline import EchoPipeline
-from worker.tasks import Presence, WorkerContext, run_job
+from worker.presence import Presence
+from worker.tasks import WorkerContext, run_job
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -21,9 +21,9 @@ from worker.pipeline import (
     ProgressFn,
     TransientJobError,
 )
+from worker.presence import Presence
 from worker.tasks import (
     PIPELINE_ERROR_MESSAGE,
-    Presence,
     RetryLater,
     WorkerContext,
     decode_image,
