@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.backbones import build_backbone, normalize_crops
+from model.backbones import LandmarkEncoder, ResNet, TimmBackbone, build_backbone, normalize_crops
 from model.config import DetectorConfig
 from model.crop import apply_affine, invert_affine
 
@@ -41,7 +41,13 @@ class KeypointDetector(nn.Module):
         super().__init__()
         self.config = config or DetectorConfig()
         cfg = self.config
-        self.backbone = build_backbone(cfg.backbone.name, cfg.backbone.width)
+        backbone = build_backbone(cfg.backbone.name, cfg.backbone.width)
+        if isinstance(backbone, LandmarkEncoder):
+            raise ValueError(
+                f"the keypoint detector reads images: {cfg.backbone.name!r} is not an image "
+                "backbone (resnet18/34/50 or timm:...)"
+            )
+        self.backbone: ResNet | TimmBackbone = backbone
         layers: list[nn.Module] = []
         in_ch = int(self.backbone.out_channels)
         for out_ch in cfg.deconv_channels:

@@ -142,7 +142,8 @@ def _cache_shard(args: tuple[Any, ...]) -> str:
         rows.setdefault(KEYPOINTS_FIELD, []).append(coco17_keypoints(lm)[0])
     path = _shard_path(Path(out), view, shard)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{k: np.stack(v) for k, v in rows.items()})
+    arrays: dict[str, Any] = {k: np.stack(v) for k, v in rows.items()}
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return str(path)
 

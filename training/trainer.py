@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -49,6 +49,12 @@ from training.distributed import (
     mean_across_ranks,
 )
 from training.run_log import RunLog
+
+if TYPE_CHECKING:
+    from training.features import FeatureDataset
+
+# What a training run reads: images (augmented here) or a feature cache (augmented when written).
+TrainData: TypeAlias = "HMRDataset | FeatureDataset"
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +171,7 @@ def total_steps(loop: LoopConfig, n: int, world: int) -> int:
 
 
 def make_loader(
-    dataset: HMRDataset, loop: LoopConfig, ctx: DistContext, start: int
+    dataset: TrainData, loop: LoopConfig, ctx: DistContext, start: int
 ) -> Iterator[HMRBatch]:
     augment = AugmentConfig() if loop.augment else None
     sampler = StepBatchSampler(
@@ -246,7 +252,7 @@ def update(
 
 def train(
     task: Task,
-    dataset: HMRDataset,
+    dataset: TrainData,
     loop: LoopConfig,
     optim: OptimConfig,
     out_dir: str | Path,
