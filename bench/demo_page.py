@@ -8,7 +8,8 @@ clock while a request is out, so a large `--virtual-time-budget` lets the page's
 the real job to its end; the page's DOM (`--dump-dom`, same budget) is checked to have reached
 "succeeded" the same way.
 
-`serve_subprocess` and `chromium_flags` are shared with the browser tests (tests/browser/).
+`chromium_flags` is shared with the browser tests (tests/browser/); the stack is
+`bench.serve_stack.serve_subprocess`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from bench.serve_stack import serve_subprocess
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -79,52 +77,6 @@ def chromium_flags(width: int, height: int) -> list[str]:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.append("--no-sandbox")
     return flags
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@contextlib.contextmanager
-def serve_subprocess(
-    env: Mapping[str, str], log_file: IO[bytes] | None = None, timeout_s: float = 180.0
-) -> Iterator[str]:
-    """`metahmr serve` (embedded Redis, one worker, the API) on a free port; yields its URL
-    once /readyz answers 200 and stops it with SIGTERM afterwards."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--workers", "1"],
-        cwd=REPO, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _ready(url):
-            if proc.poll() is not None:
-                raise RuntimeError(f"metahmr serve exited with status {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"metahmr serve was not ready within {timeout_s:.0f} s")
-            time.sleep(0.25)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def run_example(url: str, timeout_s: float) -> str:
@@ -180,7 +132,7 @@ def _screenshot(args: argparse.Namespace) -> int:
             logs = stack.enter_context(tempfile.NamedTemporaryFile(suffix="-serve.log"))
             log.info("starting metahmr serve (its log: %s)", logs.name)
             try:
-                url = stack.enter_context(serve_subprocess(env, logs, args.timeout))
+                url = stack.enter_context(serve_subprocess(env, logs, args.timeout)).url
             except (RuntimeError, TimeoutError) as exc:
                 log.error("%s; its log:\n%s", exc, Path(logs.name).read_text()[-3000:])
                 return 1

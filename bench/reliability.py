@@ -26,9 +26,7 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from bench.serve_stack import serve_subprocess
 from bench.service import machine_info, percentile
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,6 @@ def _photo() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (9, 99, 199)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -149,7 +142,6 @@ class Stack:
 @contextmanager
 def serve(state: Path, config: ReliabilityConfig, **env: str) -> Iterator[Stack]:
     """`metahmr serve --workers 1` with the diagnostics pipeline, state in `state`."""
-    port = _free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     full |= {
         "METAHMR_PIPELINE": "echo",
@@ -161,29 +153,11 @@ def serve(state: Path, config: ReliabilityConfig, **env: str) -> Iterator[Stack]
         **env,
     }
     state.parent.mkdir(parents=True, exist_ok=True)
-    log_file = (state.parent / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
-        cwd=REPO, env=full, stdout=log_file, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    stack = Stack(proc, f"http://127.0.0.1:{port}", httpx.Client(base_url=f"http://127.0.0.1:{port}"))
-    try:
-        deadline = time.monotonic() + 120
-        while not stack.ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"metahmr serve did not start; see {log_file.name}")
-            time.sleep(0.2)
-        yield stack
-    finally:
-        stack.http.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_file.close()
+    # Its output goes to serve.log beside the state (what to read when it does not start).
+    with (state.parent / "serve.log").open("ab") as log_file:
+        with serve_subprocess(full, log_file, timeout_s=120, args=()) as (proc, url):
+            with httpx.Client(base_url=url) as http:
+                yield Stack(proc, url, http)
 
 
 def _kill_worker(stack: Stack) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from demo_browser import API_KEY, Page
 
-from bench.demo_page import chromium_flags, find_chromium, serve_subprocess
+from bench.demo_page import chromium_flags, find_chromium
+from bench.serve_stack import serve_subprocess
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +42,8 @@ def served(chromium: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
     }
     with (state / "serve.log").open("wb") as log:
         try:
-            with serve_subprocess(env, log, timeout_s=240) as url:
-                yield url
+            with serve_subprocess(env, log, timeout_s=240) as served:
+                yield served.url
         except (RuntimeError, TimeoutError) as exc:
             raise AssertionError(f"{exc}\n{(state / 'serve.log').read_text()[-4000:]}") from exc
 

@@ -6,36 +6,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from PIL import Image
+
+from bench.serve_stack import free_port, ready
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     env |= {"METAHMR_PIPELINE": "echo", "OMP_NUM_THREADS": "1",
@@ -47,7 +34,7 @@ def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> Non
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not _ready(url):
+        while not ready(url):
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, "serve did not become ready"
             time.sleep(0.2)
@@ -79,7 +66,7 @@ def test_serve_then_recover_then_sigterm_stops_everything(tmp_path: Path) -> Non
 
 def test_recover_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
-    port = _free_port()
+    port = free_port()
     done = subprocess.run(
         [sys.executable, "-m", "cli", "recover", str(tmp_path / "photo.png"),
          "--server", f"http://127.0.0.1:{port}"],
@@ -94,7 +81,7 @@ def test_serve_without_a_model_stops_with_a_clear_message() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     env |= {"METAHMR_LOG_JSON": "0"}
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "serve", "--port", str(_free_port())],
+        [sys.executable, "-m", "cli", "serve", "--port", str(free_port())],
         cwd=REPO, env=env, capture_output=True, timeout=90,
     )  # fmt: skip
     assert done.returncode == 1

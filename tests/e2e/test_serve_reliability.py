@@ -7,36 +7,19 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from PIL import Image
 
+from bench.serve_stack import Served, ready, serve_subprocess
 from service.client import ApiError, MetahmrClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _photo() -> bytes:
@@ -46,33 +29,13 @@ def _photo() -> bytes:
 
 
 @contextmanager
-def _serve(state: Path, log: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def _serve(state: Path, log: Path, **env: str) -> Iterator[Served]:
     """`metahmr serve` (echo pipeline) on a free port with its state under `state`."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     full = {k: v for k, v in os.environ.items() if not k.startswith("METAHMR_")}
     full |= {"METAHMR_PIPELINE": "echo", "METAHMR_STATE_DIR": str(state), "OMP_NUM_THREADS": "1",
              "METAHMR_HEARTBEAT_INTERVAL_S": "0.5", "METAHMR_HEARTBEAT_TTL_S": "3", **env}  # fmt: skip
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
-            cwd=REPO, env=full, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while not _ready(url):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with log.open("ab") as out, serve_subprocess(full, out, timeout_s=90, args=()) as served:
+        yield served  # a stack that does not start says so; its output is in `log`
 
 
 def _redis_server(proc: subprocess.Popen[bytes]) -> psutil.Process:
@@ -91,7 +54,7 @@ def test_a_killed_embedded_redis_comes_back_with_its_jobs(tmp_path: Path) -> Non
         redis_proc = _redis_server(proc)
         redis_proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        while not _ready(url):
+        while not ready(url):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() - killed_at < 30, "not ready within 30 s of the kill"
             time.sleep(0.2)

@@ -4,7 +4,6 @@ edge with a 4xx JSON error, through a real uvicorn server, before a job exists."
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,21 +13,16 @@ import httpx
 import pytest
 import uvicorn
 
+from bench.serve_stack import free_port
 from service.config import Settings
 from service.jobs import JobStore
 from service.main import create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def http(settings: Settings) -> Iterator[httpx.Client]:
     """An HTTP client of the app behind a real uvicorn server."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
     )

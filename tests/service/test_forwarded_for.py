@@ -4,7 +4,6 @@ configures it."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,16 +13,11 @@ import pytest
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from bench.serve_stack import free_port
 from service.config import Settings
 from service.deps import client_address
 from service.main import create_app
 from service.serve import api_server_config
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -34,7 +28,7 @@ def serve(settings: Settings) -> Iterator[Callable[..., httpx.Client]]:
     running: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
     def start(**changes: object) -> httpx.Client:
-        port = _free_port()
+        port = free_port()
         app = create_app(settings.model_copy(update=changes))
         server = uvicorn.Server(api_server_config(app, "127.0.0.1", port))
         thread = threading.Thread(target=server.run, daemon=True)

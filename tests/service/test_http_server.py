@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,21 +10,16 @@ import httpx
 import pytest
 import uvicorn
 
+from bench.serve_stack import free_port
 from service.client import ApiError, MetahmrClient
 from service.config import Settings
 from service.jobs import JobStore
 from service.main import create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server_url(settings: Settings) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     app = create_app(settings.model_copy(update={"max_upload_mb": 0.05}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
