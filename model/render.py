@@ -196,7 +196,8 @@ def _lambert_shader_cache(pyrender: Any) -> Any:
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals: vertices (V, 3), faces (F, 3) -> (V, 3) float32."""
+    """Area-weighted unit vertex normals: vertices (V, 3), faces (F, 3) -> (V, 3) float32;
+    +y for a vertex on no face (glTF wants every normal of unit length)."""
     v = vertices[faces]  # (F, 3, 3)
     face_normals = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
     normals = np.zeros((len(vertices), 3))
@@ -206,7 +207,8 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
                 faces[:, corner], weights=face_normals[:, axis], minlength=len(vertices)
             )
     norm = np.linalg.norm(normals, axis=1, keepdims=True)
-    return (normals / np.maximum(norm, 1e-12)).astype(np.float32)
+    unit = np.where(norm > 1e-12, normals / np.maximum(norm, 1e-12), [0.0, 1.0, 0.0])
+    return unit.astype(np.float32)
 
 
 def _check_mesh(index: int, mesh: MeshSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from model.motion_export.skeleton import (
     matrix_to_quaternion_xyzw,
     rest_body,
 )
+from model.render import vertex_normals
 
 # glTF constants (component types, buffer targets).
 FLOAT, UNSIGNED_BYTE, UNSIGNED_SHORT, UNSIGNED_INT = 5126, 5121, 5123, 5125
@@ -176,19 +177,6 @@ def influence_sets(weights: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarr
     dtype = np.uint8 if weights.shape[1] <= 256 else np.uint16
     joints = [order[:, 4 * k : 4 * k + 4].astype(dtype) for k in range(sets)]
     return joints, [chosen[:, 4 * k : 4 * k + 4].astype(np.float32) for k in range(sets)]
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) float32 unit area-weighted vertex normals; +y for a vertex on no face."""
-    v = vertices.astype(np.float64)
-    tri = v[faces]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_n)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(length > 1e-12, normals / np.maximum(length, 1e-12), [0.0, 1.0, 0.0])
-    return normals.astype(np.float32)
 
 
 def _add_animation(

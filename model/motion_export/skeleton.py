@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from model.body import BodyModel
+from model.geometry import axis_angle_to_rotmat, rotmat_to_quaternion
 from model.keypoints import get_format
 from model.motion import NUM_JOINTS, MotionTrack
 
@@ -47,8 +49,6 @@ class RestBody:
 
 def rest_body(body: BodyModel, betas: np.ndarray) -> RestBody:
     """`body`'s rest mesh and joints with shape `betas` (S,)."""
-    import torch
-
     from model import lbs
 
     with torch.no_grad():
@@ -63,18 +63,6 @@ def rest_body(body: BodyModel, betas: np.ndarray) -> RestBody:
         weights=body.lbs_weights.cpu().numpy().astype(np.float32),
         parents=tuple(int(p) for p in body.parents.cpu().tolist()),
     )
-
-
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula in float64. aa: (..., 3) -> (..., 3, 3)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    axis = np.divide(aa, theta, out=np.zeros_like(aa), where=theta > 0)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zero = np.zeros_like(x)
-    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1).reshape(*aa.shape[:-1], 3, 3)
-    s, c = np.sin(theta)[..., None], np.cos(theta)[..., None]
-    return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
 @dataclass(frozen=True)
@@ -96,7 +84,8 @@ def joint_motion(track: MotionTrack, rest: RestBody) -> JointMotion:
     frame); the export frame is C times that, so the root joint rotates by C R0 and sits at
     C (j0 + trans); the other joints' local rotations are SMPL's.
     """
-    rot = axis_angle_to_matrix(track.poses.reshape(-1, NUM_JOINTS, 3))
+    aa = torch.from_numpy(np.asarray(track.poses, np.float64).reshape(-1, NUM_JOINTS, 3))
+    rot = axis_angle_to_rotmat(aa).numpy()
     rot[:, 0] = CAMERA_TO_GL @ rot[:, 0]
     position = (rest.joints[0] + track.trans.astype(np.float64)) @ CAMERA_TO_GL.T
     return JointMotion(rotations=rot, root_position=position)
@@ -105,9 +94,5 @@ def joint_motion(track: MotionTrack, rest: RestBody) -> JointMotion:
 def matrix_to_quaternion_xyzw(rot: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) to unit quaternions (..., 4) in glTF's (x, y, z, w) order,
     w >= 0. Uses the largest of |w|, |x|, |y|, |z| as the pivot, accurate at every angle."""
-    import torch
-
-    from model.geometry import rotmat_to_quaternion
-
     wxyz = rotmat_to_quaternion(torch.from_numpy(np.asarray(rot, dtype=np.float64))).numpy()
     return np.concatenate([wxyz[..., 1:], wxyz[..., :1]], axis=-1)
