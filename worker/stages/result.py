@@ -72,21 +72,21 @@ def people_out(
     final = fit.final if fit is not None else initial
     errors = reprojection_px(body, device, final, crop, torch.from_numpy(keypoints))
     joints = camera_joints(body, device, final, crop) if "joints3d" in wanted else None
+    # The batch's axis-angles and translations once, not once per person.
+    smpl, smpl0 = smpl_outs(final), smpl_outs(initial)
+    trans, trans0 = final.translation(crop), initial.translation(crop)
     out = []
     for i, person in enumerate(people):
         extra = {"joints3d": joints[i].tolist()} if joints is not None else {}
         out.append(
             PersonOut(
                 bbox=[float(v) for v in person.bbox],
-                smpl=smpl_out(final, i),
-                camera=CameraOut(translation=_floats(final.translation(crop)[i])),
+                smpl=smpl[i],
+                camera=CameraOut(translation=_floats(trans[i])),
                 keypoints_2d=keypoints[i].tolist() if sources[i] else None,
                 keypoint_source=sources[i],
                 fit=fit_out(fit, i, config, sources[i], errors[i]),
-                initial=InitialOut(
-                    smpl=smpl_out(initial, i),
-                    camera=CameraOut(translation=_floats(initial.translation(crop)[i])),
-                ),
+                initial=InitialOut(smpl=smpl0[i], camera=CameraOut(translation=_floats(trans0[i]))),
                 **extra,
             )
         )
@@ -122,16 +122,20 @@ def fit_out(
     )
 
 
-def smpl_out(pred: RegressorOutput, i: int) -> SMPLOut:
-    """Person i's SMPL parameters as axis-angle: global_orient (3), body_pose (69), betas (10)."""
+def smpl_outs(pred: RegressorOutput) -> list[SMPLOut]:
+    """Each person's SMPL parameters as axis-angle: global_orient (3), body_pose (69),
+    betas (10)."""
     from model.geometry import rotmat_to_axis_angle
 
-    aa = rotmat_to_axis_angle(pred.params.rotmats()[i].double())  # (24, 3)
-    return SMPLOut(
-        global_orient=_floats(aa[0]),
-        body_pose=_floats(aa[1:].reshape(-1)),
-        betas=_floats(pred.params.betas[i]),
-    )
+    aa = rotmat_to_axis_angle(pred.params.rotmats().double())  # (B, 24, 3)
+    return [
+        SMPLOut(
+            global_orient=_floats(aa[i, 0]),
+            body_pose=_floats(aa[i, 1:].reshape(-1)),
+            betas=_floats(pred.params.betas[i]),
+        )
+        for i in range(aa.shape[0])
+    ]
 
 
 def reprojection_px(
