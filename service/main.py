@@ -52,7 +52,7 @@ def _version() -> str:
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for `settings` (which must name a Redis URL)."""
     store = JobStore.from_url(settings.require_redis_url(), ttl_s=settings.result_ttl_s)
-    queue = TaskQueue(settings)
+    queue = TaskQueue(settings, store)
     app = FastAPI(
         title="metahmr",
         version=_version(),

@@ -8,16 +8,20 @@ stopped before this point is found there and sent by a worker.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from service.config import Settings
 from service.jobs import NEW_JOB_PRIORITY, RECOVER_TASK, JobStore
 
+log = logging.getLogger(__name__)
+
 
 class TaskQueue:
-    """Publishes recover tasks on the configured queue."""
+    """Publishes recover tasks on the configured queue; `store` is the API's job store."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: JobStore) -> None:
         self.queue = settings.queue_name
         self.app = Celery("metahmr-api", broker=settings.broker_url, set_as_current=False)
         self.app.conf.update(
@@ -26,11 +30,13 @@ class TaskQueue:
             task_default_queue=settings.queue_name,
         )
         self._timeout = settings.publish_timeout_s
-        self._store = JobStore.from_url(settings.require_redis_url(), ttl_s=settings.result_ttl_s)
+        self._store = store
 
     def send(self, job_id: str) -> None:
         """Publish one task, then mark the job sent; raises (kombu/redis errors) when the
-        broker is unreachable."""
+        broker is unreachable. Once published the job is queued whatever follows: if marking
+        it fails, it stays in the unsent index and a worker's reaper sends it again (a
+        duplicate task for a job already taken is a no-op)."""
         self.app.send_task(
             RECOVER_TASK,
             args=[job_id],
@@ -47,8 +53,10 @@ class TaskQueue:
                 "interval_max": self._timeout / 4,
             },
         )
-        self._store.mark_sent(job_id)
+        try:
+            self._store.mark_sent(job_id)
+        except Exception:
+            log.warning("job sent, but not marked sent; a worker may send it again", exc_info=True)
 
     def close(self) -> None:
         self.app.close()
-        self._store.client.close()

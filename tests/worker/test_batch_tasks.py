@@ -177,7 +177,7 @@ def test_real_worker_batches_jobs_submitted_together(
     app = create_celery(settings)
     ids = [store.create(two_colour_jpeg, {}, {}).job_id for _ in range(6)]
     bad = store.create(NOT_AN_IMAGE, {}, {}).job_id
-    queue = TaskQueue(Settings(redis_url=settings.redis_url))
+    queue = TaskQueue(Settings(redis_url=settings.redis_url), store)
     for job_id in (*ids[:3], bad, *ids[3:]):
         queue.send(job_id)
     try:

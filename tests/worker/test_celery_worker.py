@@ -31,7 +31,7 @@ def test_real_worker_runs_a_published_task(
     app = create_celery(worker_settings)
     assert RECOVER_TASK in app.tasks
     job_id = store.create(two_colour_jpeg, {}, {}).job_id
-    queue = TaskQueue(Settings(redis_url=worker_settings.redis_url))
+    queue = TaskQueue(Settings(redis_url=worker_settings.redis_url), store)
     queue.send(job_id)
     assert store.queue_length(worker_settings.queue_name) == 1
     try:
