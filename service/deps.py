@@ -7,6 +7,7 @@ decoding the image.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -114,13 +115,19 @@ def authenticate(
     return Caller(owner, owner)
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The trusted proxies' networks, parsed once per setting, not on every request."""
+    return [ipaddress.ip_network(p, strict=False) for p in proxies]
+
+
 def client_address(request: Request, trusted_proxies: Sequence[str]) -> str:
     """The client's address: the peer's, unless the peer is a trusted proxy; then the
     nearest X-Forwarded-For hop that is not one. Untrusted peers cannot choose their
     address (and so their rate-limit budget) by sending the header. The server must not
     rewrite the peer itself (`metahmr serve` runs uvicorn without proxy headers)."""
     peer = request.client.host if request.client else "unknown"
-    networks = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+    networks = _networks(tuple(trusted_proxies))
     if not _within(peer, networks):
         return peer
     hops = [
@@ -317,8 +324,8 @@ async def valid_recover_request(
     options = parse_options(options_bytes)
     await _check_scope(state, options)
     if sniff_video(image_bytes):
-        return RecoverRequest(image=_checked_video(image_bytes, options, state), options=options,
-                              caller=caller)  # fmt: skip
+        video = await run_in_threadpool(_checked_video, image_bytes, options, state)
+        return RecoverRequest(image=video, options=options, caller=caller)
     try:
         image = await run_in_threadpool(check_image, image_bytes, state.limits)
         check_against_image(options, image.width, image.height, state.settings.max_people)

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 
 from service.uploads import UploadError
 
-VIDEO_FORMATS = ("mp4", "mov", "webm")
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 
 
@@ -84,7 +83,7 @@ def check_video(data: bytes, limits: VideoLimits) -> CheckedVideo:
         )
     if fmt == "webm":
         return CheckedVideo(data, fmt, limits)
-    boxes = _top_level_boxes(data)
+    boxes = _boxes(memoryview(data), 0, len(data))
     if "moov" not in boxes:
         raise UploadError(
             422, "corrupt_video", "the MP4/MOV file has no 'moov' box (its index): it is cut off or not finished"
@@ -106,9 +105,10 @@ def check_video(data: bytes, limits: VideoLimits) -> CheckedVideo:
     return CheckedVideo(data, fmt, limits, width or None, height or None, duration)
 
 
-def _boxes(data: bytes, start: int, end: int) -> dict[str, bytes]:
-    """ISO-BMFF boxes in data[start:end] by type (first of each), payloads only."""
-    out: dict[str, bytes] = {}
+def _boxes(data: memoryview, start: int, end: int) -> dict[str, memoryview]:
+    """ISO-BMFF boxes in data[start:end] by type (first of each), payloads only, as views
+    (no copy of a video's media data)."""
+    out: dict[str, memoryview] = {}
     pos = start
     while pos < end:
         if end - pos < 8:
@@ -135,11 +135,7 @@ def _boxes(data: bytes, start: int, end: int) -> dict[str, bytes]:
     return out
 
 
-def _top_level_boxes(data: bytes) -> dict[str, bytes]:
-    return _boxes(data, 0, len(data))
-
-
-def _mvhd_duration(moov: bytes) -> float | None:
+def _mvhd_duration(moov: memoryview) -> float | None:
     mvhd = _boxes(moov, 0, len(moov)).get("mvhd")
     if mvhd is None or len(mvhd) < 20:
         return None
@@ -150,7 +146,7 @@ def _mvhd_duration(moov: bytes) -> float | None:
     return duration / timescale if timescale else None
 
 
-def _video_size(moov: bytes) -> tuple[int, int]:
+def _video_size(moov: memoryview) -> tuple[int, int]:
     """The largest track size in the `tkhd` boxes (audio tracks have 0 x 0)."""
     best = (0, 0)
     pos = 0
