@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from service.contract import DEFAULT_MAX_VIDEO_FRAMES, DEFAULT_MAX_VIDEO_PIXELS, DEFAULT_MAX_VIDEO_S
 from service.jobs.settings import JobStoreSettings
 
 
@@ -44,9 +45,9 @@ class Settings(JobStoreSettings):
     # Video uploads (service/video.py). They travel with the job, so the worker holds the
     # decoded video to the same duration, frame and pixel limits.
     max_video_mb: float = Field(default=50.0, gt=0, le=4096)
-    max_video_s: float = Field(default=20.0, gt=0, le=3600)
-    max_video_frames: int = Field(default=900, ge=1, le=100_000)
-    max_video_pixels: int = Field(default=1920 * 1080, gt=0)
+    max_video_s: float = Field(default=DEFAULT_MAX_VIDEO_S, gt=0, le=3600)
+    max_video_frames: int = Field(default=DEFAULT_MAX_VIDEO_FRAMES, ge=1, le=100_000)
+    max_video_pixels: int = Field(default=DEFAULT_MAX_VIDEO_PIXELS, gt=0)
     # `metahmr serve` without METAHMR_REDIS_URL: its embedded Redis keeps jobs and results
     # here (an append-only file under redis/), so they survive a restart of the stack.
     state_dir: Path = Field(default_factory=default_state_dir)

@@ -32,6 +32,11 @@ MAX_TTO_STEPS = 30
 MAX_PEOPLE_IN_OPTIONS = 64
 # A box narrower than this cannot be cropped into anything the networks can read.
 MIN_BOX_SIDE_PX = 2.0
+# Default video limits (METAHMR_MAX_VIDEO_S / _FRAMES / _PIXELS): the API checks them and
+# stores the ones in force with the job; the worker falls back to these for a job without.
+DEFAULT_MAX_VIDEO_S = 20.0
+DEFAULT_MAX_VIDEO_FRAMES = 900
+DEFAULT_MAX_VIDEO_PIXELS = 1920 * 1080
 # Numbers from JSON, strictly: `true` is not 1 (pydantic's lax mode would take it as one).
 Number = Annotated[float, Field(strict=True)]
 

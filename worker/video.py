@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import RecoverOptions, RecoverResult
+from service.contract import (
+    DEFAULT_MAX_VIDEO_FRAMES,
+    DEFAULT_MAX_VIDEO_PIXELS,
+    DEFAULT_MAX_VIDEO_S,
+    RecoverOptions,
+    RecoverResult,
+)
 from worker.pipeline import PermanentJobError, Pipeline, PipelineResult, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -47,11 +53,12 @@ def is_video_job(meta: Mapping[str, Any] | None) -> bool:
 
 @dataclass(frozen=True)
 class FrameLimits:
-    """The API's video limits as stored with the job (`service.video.VideoLimits`)."""
+    """The API's video limits as stored with the job (`service.video.VideoLimits`); the
+    API's defaults for a job stored without them."""
 
-    max_seconds: float = 60.0
-    max_frames: int = 1800
-    max_pixels: int = 1920 * 1080
+    max_seconds: float = DEFAULT_MAX_VIDEO_S
+    max_frames: int = DEFAULT_MAX_VIDEO_FRAMES
+    max_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> FrameLimits:
