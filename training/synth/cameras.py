@@ -18,7 +18,7 @@ COMMON_ASPECTS: tuple[tuple[int, int], ...] = (
 )
 # Body frame (y up, facing +z) to camera frame (y down, z forward): a person with yaw 0
 # faces the camera.
-_BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0])
+BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0])
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def sample_camera(rng: np.random.Generator, cfg: CameraConfig) -> CameraSample:
     roll = float(rng.uniform(*cfg.roll_deg))
     view = (
         Rotation.from_euler("zx", [roll, pitch], degrees=True).as_matrix()
-        @ _BODY_TO_CAMERA
+        @ BODY_TO_CAMERA
         @ Rotation.from_euler("y", yaw, degrees=True).as_matrix()
     )
     return CameraSample(hw, focal, view, yaw)

@@ -26,7 +26,9 @@ from scipy.spatial.transform import Rotation, RotationSpline
 
 from training.synth.appearance import sample_lighting, sample_vertex_colors
 from training.synth.backgrounds import BackgroundConfig, sample_background
-from training.synth.cameras import focal_from_fov, project
+from training.synth.cameras import BODY_TO_CAMERA, focal_from_fov, project
+from training.synth.engine import sample_rng
+from training.synth.labels import box_from_mask
 from training.synth.poses import families_for, sample_pose
 from training.synth.shapes import sample_betas
 
@@ -36,7 +38,6 @@ Scene = Literal["single", "crossing"]
 # the body sink through the floor between them.
 MOTION_FAMILIES = ("standing", "walking", "running", "reaching", "arms_raised", "gesturing")
 MOTION_SPLIT_ID = 7  # part of every clip's seed: no clip shares a stream with an image split
-_BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0])
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class MotionClip:
 
 
 def clip_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, MOTION_SPLIT_ID, index]))
+    """Clip `index`'s generator: the image splits' per-sample streams, with its own split id."""
+    return sample_rng(seed, MOTION_SPLIT_ID, index)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def camera_track(rng: np.random.Generator, cfg: MotionConfig) -> tuple[np.ndarra
         yaw = -np.degrees(np.arctan2(centre[:, 0], 4.5)) * 0.6
     views = np.stack([
         Rotation.from_euler("x", pitch, degrees=True).as_matrix()
-        @ _BODY_TO_CAMERA
+        @ BODY_TO_CAMERA
         @ Rotation.from_euler("y", y, degrees=True).as_matrix()
         for y in yaw
     ])  # fmt: skip
@@ -244,7 +246,8 @@ def make_clip(cfg: MotionConfig, seed: int = 0, index: int = 0, body: Any = None
             for k, p in enumerate(posed):
                 mask = res.instance == k
                 visible[k, f] = int(mask.sum())
-                boxes[k, f] = _box(mask) if visible[k, f] else _points_box(project(p["joints"][f], focal, center))
+                box = box_from_mask(mask) if visible[k, f] else None
+                boxes[k, f] = box if box is not None else _points_box(project(p["joints"][f], focal, center))
     finally:
         if own:
             renderer.close()
@@ -259,11 +262,6 @@ def make_clip(cfg: MotionConfig, seed: int = 0, index: int = 0, body: Any = None
             bbox=boxes[k], visible=visible[k],
         ))  # fmt: skip
     return MotionClip(frames=frames, fps=cfg.fps, focal=focal, people=tuple(people), config=cfg)
-
-
-def _box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
 def _points_box(px: np.ndarray) -> np.ndarray:
