@@ -295,8 +295,13 @@ def _settle(
         if leader:
             raise
         log.warning("Redis unreachable; putting the job back in the queue", exc_info=True)
-        if store.release(job_id, ctx.worker_id) and ctx.presence is not None:
-            ctx.presence.send(job_id)
+        try:
+            if store.release(job_id, ctx.worker_id) and ctx.presence is not None:
+                ctx.presence.send(job_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Still away: settle the batch's other jobs; the presence thread re-queues the
+            # jobs this task left running (ActiveJobs.orphans) once Redis is back.
+            return None
         return JobStatus.QUEUED
     except TransientJobError as exc:
         if attempts <= ctx.settings.max_transient_retries and store.release(job_id, ctx.worker_id):
