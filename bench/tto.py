@@ -312,8 +312,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "subset of the head (features from ONNX, fixed); other subset: "
         + ", ".join(other)
         + ". Reference-style = deep copy + all parameters + full-mesh body with pose blend shapes (`reference_forward`) every step. "
-        "Every fit runs `model.tto.fit_group` (step 0, Adam steps with `torch.optim.Adam`'s "
-        "fused kernel, early stop). 16 people: one fit of 16 per-person weight copies in one "
+        "Every fit runs `model.tto.fit_group` (step 0, Adam steps of `model.tto_adam`: "
+        "`torch.optim.Adam`'s fused kernel, fc1's feature half adapted as its output, early "
+        "stop). 16 people: one fit of 16 per-person weight copies in one "
         "pass (`TTORuntime(batched=True)`); `fit` by default loops over people instead where "
         "that is the faster (`model.tto.default_batched`: every head weight adapting, "
         "16 x the one-person time).",
@@ -321,8 +322,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         *rows,
         "",
         "With compiled TTO steps (`TTORuntime.compile`, the worker's `METAHMR_TTO_COMPILE=1`: "
-        "each step's forward and loss as one `torch.compile`d graph, its backward compiled "
-        "with it, the same fit); "
+        "one person: each Adam step's forward, gradient and update as one `torch.compile`d "
+        "graph; several: the forward and loss as one graph, its backward compiled with it; "
+        "the same fit); "
         "compile = the worker's start-up warm-up (1 person, then 2), with torch's on-disk "
         "cache as this machine had it:",
         "",

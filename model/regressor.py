@@ -25,6 +25,8 @@ BBOX_INFO_DIM = 3
 STATE_DIM = POSE_DIM + NUM_BETAS + CAM_DIM
 # The decoder layer that emits pose, shape and camera: the "output" subset of the head.
 OUTPUT_LAYERS = ("dec",)
+# fc1's half over [features, bbox_info]: a linear map of an input that is fixed during a fit.
+FEATURE_LAYER = "fc1_feat"
 # HMR's three decoders (pose, shape, camera), as earlier checkpoints store them; loading
 # one concatenates them into `dec` (the same linear map, row blocks in this order).
 LEGACY_DECODERS = ("decpose", "decshape", "deccam")
@@ -103,9 +105,13 @@ class RegressorHead(nn.Module):
         pose6d, betas, cam = self.forward_raw(features, bbox_info, feature_term)
         return raw_to_output(pose6d, betas, cam)
 
+    def feature_input(self, features: Tensor, bbox_info: Tensor) -> Tensor:
+        """What fc1's feature half reads: [features, bbox_info] (B, F + 3)."""
+        return torch.cat([features, bbox_info], dim=1)
+
     def feature_term(self, features: Tensor, bbox_info: Tensor) -> Tensor:
         """fc1's contribution from (features (B, F), bbox_info (B, 3)), bias included: (B, hidden)."""
-        return self.fc1_feat(torch.cat([features, bbox_info], dim=1))
+        return self.fc1_feat(self.feature_input(features, bbox_info))
 
     def forward_raw(
         self, features: Tensor, bbox_info: Tensor, feature_term: Tensor | None = None

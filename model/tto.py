@@ -6,7 +6,8 @@ named stages (`fit_group`, the one step loop):
 1. **step 0**: one SGD step on L_test-u (2D keypoints + agreement with f_u's prediction),
    `model.tto_step.inner_step` — the very step meta-training differentiates through;
 2. **Adam steps**: on the 2D keypoint loss only, up to `TTOConfig.steps`
-   (`torch.optim.Adam`, its fused kernel where the device has one);
+   (`model.tto_adam.AdamSteps`: Adam's update, with fc1's feature half adapted as its
+   output, and with compiled steps one graph a step);
 3. **early stop**: a person stops once their 2D loss changes by less than
    `TTOConfig.early_stop`; their weights from that step are the ones kept.
 
@@ -32,13 +33,13 @@ from model.keypoints import get_format
 from model.losses import KEYPOINT_FORMATS
 from model.outputs import BodyOutput, CropInfo, FitResult, RegressorOutput, SMPLParams
 from model.regressor import Regressor
+from model.tto_adam import AdamSteps
 from model.tto_step import (
     BodyModelLike,
     Params,
     StepBatch,
     compile_failure,
     inner_step,
-    loss_and_grad,
     run_compiled,
     step_loss,
 )
@@ -314,7 +315,7 @@ def fit_group(
     module: what adapts (f_w's head, or f_w); start: the weights it adapts from (names of
     `module`'s parameters). per_sample: P people, each with their own copy of the weights
     (a leading person dimension, `torch.func.vmap`); otherwise P = 1. compiled: each
-    step's forward and loss as a compiled graph (`model.tto_step.loss_and_grad`).
+    step as compiled graphs (`model.tto_step.loss_and_grad`, `model.tto_adam.AdamSteps`).
     """
     n_people = batch.keypoints.shape[0]
     total = 1 + config.steps
@@ -326,35 +327,26 @@ def fit_group(
         module, params, batch, body, lr=config.sgd_lr, weights=config.loss_weights,
         objective="test_u" if use_aux else "2d", per_sample=per_sample, compiled=compiled,
     )
-    params = {n: p.detach().requires_grad_(True) for n, p in stepped.items()}
     stop = _EarlyStop(config.early_stop, loss0.terms.keypoints_2d.detach())
     _notify(on_step, 1, total)
 
     # Adam steps on the 2D keypoint loss only, each person stopping on their own.
-    optimizer = _adam(list(params.values()), config)
+    adam = AdamSteps(
+        module, stepped, batch, body, config, per_sample=per_sample, compiled=compiled
+    )
     recorded: dict[int, RegressorOutput] = {}
     for step in range(1, config.steps + 1):
-        # autograd.grad (inside loss_and_grad), not backward(): only the adapted copies get
-        # gradients (backward would also fill .grad of the regressor's own parameters).
-        grads, current = loss_and_grad(
-            module, params, batch, body, objective="2d", weights=config.loss_weights,
-            per_sample=per_sample, compiled=compiled,
-        )
+        current = adam.step()
         if step - 1 in record_steps:  # this step's forward is the prediction after step - 1
             recorded[step - 1] = current.pred.detach()
-        for p, g in zip(params.values(), grads, strict=True):
-            # contiguous(): vmap returns transposed weight gradients, and fused Adam on CPU
-            # (torch 2.13) reads a gradient as if it had its parameter's strides.
-            p.grad = g.contiguous()
-        optimizer.step()
-        stop.update(current.per_sample.detach(), params)
+        stop.update(current.per_sample.detach(), adam.params)
         _notify(on_step, step + 1, total)
         if stop.everyone:
             break
 
     with torch.no_grad():
         last = step_loss(
-            module, stop.kept(params), batch, body, objective="2d",
+            module, stop.kept(adam.params), batch, body, objective="2d",
             weights=config.loss_weights, per_sample=per_sample,
         )
     if config.steps in record_steps:
@@ -416,17 +408,6 @@ class _EarlyStop:
 def _copies(t: Tensor, n_people: int, per_sample: bool) -> Tensor:
     """A fresh copy of a weight: one per person (a leading dimension) when per_sample."""
     return t.expand(n_people, *t.shape).clone() if per_sample else t.clone()
-
-
-def _adam(params: list[Tensor], config: TTOConfig) -> torch.optim.Adam:
-    """Adam over the adapted weights; its fused kernel (one kernel per tensor, several times
-    less Adam time on a CPU) where the device has one. Adam is elementwise, so stacked
-    per-person weights get exactly the per-person update."""
-    fused = params[0].device.type in ("cpu", "cuda") if params else False
-    return torch.optim.Adam(
-        params, lr=config.adam_lr, betas=config.adam_betas, eps=config.adam_eps,
-        fused=fused or None,
-    )
 
 
 def _aux_for(

@@ -30,6 +30,10 @@ from model.outputs import BodyOutput, CropInfo, RegressorOutput, SMPLParams
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("test_u", "2d")
+# Not a parameter: a head's feature term (fc1's feature half applied to its fixed input,
+# (B, hidden)) adapted in place of that layer's weights (`model.tto_feature`). `predict`
+# passes it to the head as its `feature_term` argument.
+FEATURE_TERM = "feature_term"
 
 Params = dict[str, Tensor]
 
@@ -83,7 +87,12 @@ def predict(
     params: any subset of the module's parameters; the rest are the module's own.
     per_sample: each tensor in params is (B, ...) — one copy per sample — and sample i of
     `args` runs with copy i (under `torch.func.vmap`).
+    params[FEATURE_TERM], when present, is the head's feature term (B, hidden): it replaces
+    `args`' third element (the head's `feature_term` argument).
     """
+    if FEATURE_TERM in params:
+        params = dict(params)
+        args = (*args[:2], params.pop(FEATURE_TERM))
     tensors = {**params, **(buffers or {})}
     if not per_sample:
         return functional_call(module, tensors, args)

@@ -422,9 +422,10 @@ def test_recorded_steps_equal_separate_fits_of_that_many_steps(body, nets) -> No
 
 @pytest.mark.parametrize("subset", ["all", "output"])
 def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
-    """runtime.compile runs each step's forward and loss as one torch.compile'd graph (its
-    backward compiled with it): the same fit, batched people (with a skipped one and an
-    early stop) included, and warm_up compiles first."""
+    """runtime.compile runs each step as compiled graphs (batched: the forward and loss,
+    its backward compiled with it; one person at a time: forward, gradient and Adam's
+    update as one graph): the same fit, with a skipped person and an early stop, and
+    warm_up compiles first."""
     from model import tto
 
     f_w, f_u = nets
@@ -437,21 +438,23 @@ def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
     head_inputs = replace(inputs, images=None, features=features)
     config = replace(FAST, early_stop=1e-4, head_subset=subset)
     eager_rt, compiled_rt = TTORuntime(batched=True), TTORuntime(compile=True, batched=True)
+    one_by_one = TTORuntime(compile=True, batched=False)  # one graph a step, per person
     assert tto.warm_up(f_w, body, config, eager_rt) == 0.0  # nothing to compile
     assert tto.warm_up(f_w, body, config, compiled_rt, people=(2,)) > 0.0
     eager = fit(f_w, head_inputs, body, config, aux, runtime=eager_rt)
-    compiled = fit(f_w, head_inputs, body, config, aux, runtime=compiled_rt)
-    assert tto.compile_failure() is None
-    for a, b in [
-        (eager.final.params.rotmats(), compiled.final.params.rotmats()),
-        (eager.final.params.betas, compiled.final.params.betas),
-        (eager.final.crop_cam, compiled.final.crop_cam),
-        (eager.initial.crop_cam, compiled.initial.crop_cam),
-    ]:
-        assert (a - b).abs().max() <= 1e-5
-    assert eager.steps_run == compiled.steps_run and eager.skipped == compiled.skipped
-    for ha, hb in zip(eager.loss_history, compiled.loss_history, strict=True):
-        assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
+    for runtime in (compiled_rt, one_by_one):
+        compiled = fit(f_w, head_inputs, body, config, aux, runtime=runtime)
+        assert tto.compile_failure() is None
+        for a, b in [
+            (eager.final.params.rotmats(), compiled.final.params.rotmats()),
+            (eager.final.params.betas, compiled.final.params.betas),
+            (eager.final.crop_cam, compiled.final.crop_cam),
+            (eager.initial.crop_cam, compiled.initial.crop_cam),
+        ]:
+            assert (a - b).abs().max() <= 1e-5
+        assert eager.steps_run == compiled.steps_run and eager.skipped == compiled.skipped
+        for ha, hb in zip(eager.loss_history, compiled.loss_history, strict=True):
+            assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
     assert (compiled.final.crop_cam - compiled.initial.crop_cam).abs().max() > 1e-3
 
 

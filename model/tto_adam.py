@@ -1,0 +1,228 @@
+"""The TTO's second stage, the Adam steps on the 2D keypoint loss (`model.tto.fit_group`).
+
+`AdamSteps` holds the adapted weights and Adam's moments for P people and runs one step at a
+time: the loss and its gradient, then Adam's update. Eager, the gradient comes from
+`model.tto_step.loss_and_grad` and the dense weights step with `torch.optim.Adam` (its fused
+kernel). Compiled (`TTORuntime.compile`, one person), the forward, the loss, its gradient
+(`torch.func.grad_and_value`) and the update are one `torch.compile`d graph, one call a
+step, with no autograd engine or optimizer object in between; there the update is
+`adam_update`, torch.optim.Adam's maths as tensor operations (bias-corrected moments,
+``p -= lr / bc1 * m / (sqrt(v / bc2) + eps)``), held equal to torch.optim.Adam by a test.
+
+**fc1's feature half** (`RegressorHead.fc1_feat`, the head's largest layer: 0.5 M of the
+shipped model's 0.95 M head weights) reads an input z that does not change during a fit.
+Its weight gradient is therefore always g z^T, with g = dL/du and u = W z + b the layer's
+output, and Adam's moments stay rank one: m = M [z, 1]^T, v = V [z^2, 1]^T (the trailing
+1 carries the bias). An Adam step then changes u by exactly
+
+    du_j = -lr / bc1 * M_j * sum_k z_k^2 / (sqrt(V_j / bc2) |z_k| + eps),
+
+the full matrix's step applied to the only vector the forward uses. So the stage adapts u
+(`model.tto_step.FEATURE_TERM`, the head's `feature_term` argument, (P, hidden)) with
+moments M, V of the same size, in place of the (P, hidden, F) weights: no weight gradient
+and no memory traffic for that layer. Step 0 runs before, on the full weights (it is
+meta-training's inner step); `AdamSteps` turns its result into u. The results equal
+full-matrix Adam's to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value
+
+from model.config import LossWeights, TTOConfig
+from model.losses import LossTerms, check_finite
+from model.outputs import RegressorOutput, SMPLParams
+from model.regressor import FEATURE_LAYER
+from model.tto_step import (
+    FEATURE_TERM,
+    BodyModelLike,
+    Params,
+    StepBatch,
+    StepLoss,
+    loss_and_grad,
+    run_compiled,
+    step_loss,
+)
+
+WEIGHT, BIAS = f"{FEATURE_LAYER}.weight", f"{FEATURE_LAYER}.bias"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamHyper:
+    """Adam's constants for step t: lr / bc1 and bc2 as tensors (so a compiled step is one
+    graph for every t), betas and eps."""
+
+    lr_bc1: Tensor
+    bc2: Tensor
+    beta1: float
+    beta2: float
+    eps: float
+
+
+def adam_update(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamHyper, z: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One Adam update (new tensors, nothing in place): returns (p', m', v').
+
+    z: None for a dense weight; for the feature term u (P, hidden), (z^2, |z|) of the
+    layer's input with its trailing 1 ((P, K) each): the full matrix's update applied to u
+    (module docstring)."""
+    m = m * h.beta1 + g * (1 - h.beta1)
+    v = v * h.beta2 + g * g * (1 - h.beta2)
+    if z is None:
+        return p - h.lr_bc1 * m / ((v / h.bc2).sqrt() + h.eps), m, v
+    z2, abs_z = z
+    c = (v / h.bc2).sqrt()  # sqrt(v_jk / bc2) = c_j |z_k|
+    rows = (z2.unsqueeze(1) / (c.unsqueeze(2) * abs_z.unsqueeze(1) + h.eps)).sum(2)
+    return p - h.lr_bc1 * m * rows, m, v
+
+
+def feature_layer_adapts(module: nn.Module, names: Params) -> bool:
+    """Whether `module` is a head whose feature layer adapts, weight and bias together."""
+    return hasattr(module, "feature_input") and WEIGHT in names and BIAS in names
+
+
+class AdamSteps:
+    """The Adam stage for P people (see the module docstring).
+
+    start: the weights after step 0 (a leading person dimension when per_sample). When the
+    head's feature layer is among them (and per_sample or P == 1), it adapts as its output
+    u. `params` are the current weights (`FEATURE_TERM` in place of that layer)."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        start: Params,
+        batch: StepBatch,
+        body: BodyModelLike,
+        config: TTOConfig,
+        *,
+        per_sample: bool,
+        compiled: bool,
+    ) -> None:
+        self.module, self.batch, self.body = module, batch, body
+        self.weights: LossWeights = config.loss_weights
+        self.config, self.per_sample, self.compiled = config, per_sample, compiled
+        params = {n: p.detach() for n, p in start.items()}
+        self.z: tuple[Tensor, Tensor] | None = None
+        if feature_layer_adapts(module, params) and (per_sample or batch.keypoints.shape[0] == 1):
+            params, self.z = _take_feature_layer(module, params, batch, per_sample)
+        self.params = params
+        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.t = 0
+        # Eager, the dense weights step with torch.optim.Adam's fused kernel (one kernel a
+        # tensor; `adam_update` as separate tensor operations would cost several times more);
+        # the feature term keeps its own moments either way.
+        self.one_graph = compiled and not per_sample
+        self.optimizer: torch.optim.Adam | None = None
+        if not self.one_graph:
+            dense = [p.requires_grad_(True) for n, p in params.items() if n != FEATURE_TERM]
+            self.optimizer = _torch_adam(dense, config) if dense else None
+
+    def step(self) -> StepLoss:
+        """One Adam step; returns the loss (and prediction) at the weights before it."""
+        self.t += 1
+        beta1, beta2 = self.config.adam_betas
+        hyper = AdamHyper(
+            torch.tensor(self.config.adam_lr / (1 - beta1**self.t)),
+            torch.tensor(1 - beta2**self.t),
+            beta1, beta2, self.config.adam_eps,
+        )  # fmt: skip
+        if self.one_graph:
+            out = run_compiled(
+                _compiled_step, self.module, self.params, self.m, self.v, hyper, self.z,
+                self.batch, self.body, self.weights,
+            )  # fmt: skip
+            if out is not None:
+                self.params, self.m, self.v, (loss, per, terms, pred) = out
+                check_finite(per, "the TTO loss")  # skipped inside the graph
+                go, bp, betas, cam = pred
+                return StepLoss(
+                    loss, per, LossTerms(*terms), RegressorOutput(SMPLParams(go, bp, betas), cam)
+                )
+        leaves = {n: p.requires_grad_(True) for n, p in self.params.items()}
+        # autograd.grad (inside loss_and_grad), not backward(): only the adapted copies get
+        # gradients (backward would also fill .grad of the regressor's own parameters).
+        grads, current = loss_and_grad(
+            self.module, leaves, self.batch, self.body, objective="2d", weights=self.weights,
+            per_sample=self.per_sample, compiled=self.compiled,
+        )  # fmt: skip
+        with torch.no_grad():
+            for (n, p), g in zip(leaves.items(), grads, strict=True):
+                if n == FEATURE_TERM or self.optimizer is None:  # (a compile failure)
+                    z = self.z if n == FEATURE_TERM else None
+                    self.params[n], self.m[n], self.v[n] = adam_update(
+                        p.detach(), g, self.m[n], self.v[n], hyper, z
+                    )
+                else:
+                    # contiguous(): vmap returns transposed weight gradients, and fused Adam
+                    # on CPU (torch 2.13) reads a gradient as if it had its parameter's strides.
+                    p.grad = g.contiguous()
+            if self.optimizer is not None:
+                self.optimizer.step()
+        return current
+
+
+def _torch_adam(params: list[Tensor], config: TTOConfig) -> torch.optim.Adam:
+    """torch.optim.Adam over the dense weights, its fused kernel where the device has one.
+    Adam is elementwise, so stacked per-person weights get exactly the per-person update."""
+    fused = params[0].device.type in ("cpu", "cuda")
+    return torch.optim.Adam(
+        params,
+        lr=config.adam_lr,
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+        fused=fused or None,
+    )
+
+
+def _take_feature_layer(
+    module: nn.Module, params: Params, batch: StepBatch, per_sample: bool
+) -> tuple[Params, tuple[Tensor, Tensor]]:
+    """params with the feature layer's weight and bias replaced by its output u (P, hidden),
+    and (z^2, |z|) of its input with a trailing 1."""
+    z = module.feature_input(batch.args[0], batch.args[1]).detach()  # type: ignore[operator]
+    rest = dict(params)
+    weight, bias = rest.pop(WEIGHT), rest.pop(BIAS)
+    with torch.no_grad():
+        u = torch.einsum("phk,pk->ph", weight, z) if per_sample else z @ weight.T
+        rest[FEATURE_TERM] = u + bias
+    z1 = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
+    return rest, ((z1 * z1).contiguous(), z1.abs().contiguous())
+
+
+def _compiled_step(
+    module: nn.Module,
+    params: Params,
+    m: Params,
+    v: Params,
+    hyper: AdamHyper,
+    z: tuple[Tensor, Tensor] | None,
+    batch: StepBatch,
+    body: BodyModelLike,
+    weights: LossWeights,
+) -> tuple[Params, Params, Params, tuple[Any, ...]]:
+    """`AdamSteps.step` for one person as one graph: loss, gradient, update."""
+
+    def loss(p: Params) -> tuple[Tensor, tuple[Any, ...]]:
+        r = step_loss(module, p, batch, body, objective="2d", weights=weights)
+        terms = tuple(getattr(r.terms, f.name).detach() for f in dataclasses.fields(r.terms))
+        prm = r.pred.params
+        pred = tuple(
+            t.detach() for t in (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
+        )
+        return r.loss, (r.loss.detach(), r.per_sample.detach(), terms, pred)
+
+    grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
+    new_p, new_m, new_v = {}, {}, {}
+    for n, p in params.items():
+        new_p[n], new_m[n], new_v[n] = adam_update(
+            p, grads[n], m[n], v[n], hyper, z if n == FEATURE_TERM else None
+        )
+    return new_p, new_m, new_v, flat
