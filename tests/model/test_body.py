@@ -20,6 +20,7 @@ from model.body import BUNDLED_MODEL, BodyModel, BodyModelError, convert_model_f
 from model.geometry import axis_angle_to_rotmat
 from model.keypoints import get_format
 from model.outputs import SMPLParams
+from model.settings import BODY_MODEL_ENV
 
 SMPL = {name: i for i, name in enumerate(get_format("smpl24").names)}
 
@@ -233,14 +234,14 @@ def test_convert_writes_a_loadable_plain_copy(tmp_path, smpl_arrays, body):
 def test_plain_pickle_and_env_var_select_a_user_model(tmp_path, smpl_arrays, monkeypatch):
     path = tmp_path / "my_smpl.pkl"
     _write_smpl_like(smpl_arrays, path, chumpy=False)
-    monkeypatch.setenv(body_module.ENV_VAR, str(path))
+    monkeypatch.setenv(BODY_MODEL_ENV, str(path))
     model = body_module.load_body_model()
     assert model.path == path and model.id.startswith("my_smpl:")
     assert model.info()["source"] == "user SMPL file"
 
 
 def test_missing_file_error_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv(body_module.ENV_VAR, str(tmp_path / "nope.pkl"))
+    monkeypatch.setenv(BODY_MODEL_ENV, str(tmp_path / "nope.pkl"))
     with pytest.raises(BodyModelError, match="SMPL file not found.*METAHMR_BODY_MODEL"):
         BodyModel()
 

@@ -20,7 +20,7 @@ from PIL import Image
 from result_checks import reprojection_px
 
 from cli import main as metahmr
-from model.body import BodyModel, load_body_model
+from model.body import BUNDLED_MODEL, BodyModel, load_body_model
 from model.checkpoint import random_checkpoint, save_checkpoint
 from model.config import BackboneConfig, DetectorConfig, RegressorConfig, TTOConfig
 from model.export import export_checkpoint, file_sha256, load_manifest
@@ -382,6 +382,21 @@ def test_a_model_trained_on_another_body_model_is_refused(tmp_path: Path) -> Non
     export_checkpoint(ckpt, tmp_path)
     with pytest.raises(PipelineUnavailable, match="METAHMR_BODY_MODEL"):
         build_pipeline(_settings(tmp_path))
+
+
+def test_the_body_model_setting_chooses_the_workers_body_model(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """METAHMR_BODY_MODEL reaches the worker through its settings: a model trained on the
+    bundled body model is refused by a worker set to another file, named in the error."""
+    export_checkpoint(random_checkpoint(TINY, tto=FAST, with_detector=False), tmp_path / "m")
+    other = tmp_path / "other_body.npz"
+    shutil.copyfile(BUNDLED_MODEL, other)  # same arrays, another file: another id
+    monkeypatch.setenv("METAHMR_BODY_MODEL", str(other))
+    settings = _settings(tmp_path / "m")
+    assert settings.body_model == other
+    with pytest.raises(PipelineUnavailable, match="this worker loads 'other_body:"):
+        build_pipeline(settings)
+    monkeypatch.delenv("METAHMR_BODY_MODEL")
+    assert _settings(tmp_path / "m").body_model is None
 
 
 # --- commands ----------------------------------------------------------------------------------
