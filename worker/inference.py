@@ -34,7 +34,7 @@ from model.motion import tracks_from_output
 from model.outputs import FitResult, RegressorOutput
 from service.contract import KeypointSource, RecoverOptions, TTOOptions
 from worker.config import WorkerSettings
-from worker.pipeline import PipelineResult, PipelineUnavailable, ProgressFn
+from worker.pipeline import NoPeopleFound, PipelineResult, PipelineUnavailable, ProgressFn
 from worker.runtime import (
     NO_MODEL,
     SHIPPED_CHECKPOINT,
@@ -188,12 +188,14 @@ class OnnxPipeline:
         images: Sequence[np.ndarray],
         options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
+        whole_image: bool = True,
     ) -> list[PipelineResult | Exception]:
         """Several jobs as one batch: one ONNX forward over all their crops and one `fit`
         per distinct TTO schedule over all their people. Returns, per job, its result or the
         exception that job alone would have raised (its progress raising, e.g. JobCanceled,
         drops that job only). Results equal `run` job by job; each successful result's
         `timings_ms.batch_size` says how many jobs shared its forward and fit (absent when 1).
+        whole_image=False: a job whose image has nobody in it gets `NoPeopleFound`.
         """
         n = len(images)
         if not len(options_list) == len(progress_list) == n:
@@ -204,7 +206,7 @@ class OnnxPipeline:
         requests: dict[int, _Request] = {}
         for i in range(n):
             try:
-                requests[i] = self._prepare(images[i], options_list[i], guards[i])
+                requests[i] = self._prepare(images[i], options_list[i], guards[i], whole_image)
                 live.append(i)
             except Exception as exc:  # this job's own input: it fails alone
                 out[i] = exc
@@ -235,7 +237,8 @@ class OnnxPipeline:
             return exc
 
     def _prepare(
-        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn
+        self, image: np.ndarray, options: RecoverOptions, progress: ProgressFn,
+        whole_image: bool = True,
     ) -> _Request:
         """The detect stage for one job: people, crops, landmarks, keypoints."""
         timings: dict[str, float] = {}
@@ -245,7 +248,9 @@ class OnnxPipeline:
         config = self._tto_config(options.tto)
         progress("detect", 0, 1)
         with _timed(timings, "detect"):
-            people, landmarks = find_people(image, options.people, self.blazepose)
+            people, landmarks = find_people(image, options.people, self.blazepose, whole_image)
+            if not people:
+                raise NoPeopleFound("the person detector found nobody in this image")
             crops = make_crops(image, people, focal, self.model.crop_hw)
             landmarks = landmarks_for(image, people, crops, self.model, self.blazepose, landmarks)
             keypoints, sources = fit_keypoints(image, people, crops, self.model, landmarks)

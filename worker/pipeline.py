@@ -49,15 +49,22 @@ class Pipeline(Protocol):
         images: Sequence[np.ndarray],
         options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
+        whole_image: bool = True,
     ) -> list[PipelineResult | Exception]:
         """Several jobs at once (micro-batching): per job, its result or the exception that
         job alone raised, so one bad input fails only its job. Results equal `run`'s, with
-        `timings_ms.batch_size` (the jobs that ran together) when more than one did."""
+        `timings_ms.batch_size` (the jobs that ran together) when more than one did.
+        whole_image=False: an image where the person detector finds nobody (and the job
+        names no people) gets `NoPeopleFound` instead of the whole image as one person."""
         ...
 
 
 class PipelineUnavailable(RuntimeError):
     """The configured pipeline cannot be built on this installation."""
+
+
+class NoPeopleFound(Exception):
+    """`Pipeline.run_batch(whole_image=False)`: the detector found nobody in this image."""
 
 
 class PermanentJobError(Exception):
@@ -115,8 +122,10 @@ class EchoPipeline:
         images: Sequence[np.ndarray],
         options_list: Sequence[RecoverOptions],
         progress_list: Sequence[ProgressFn],
+        whole_image: bool = True,
     ) -> list[PipelineResult | Exception]:
-        """One job after another (nothing here gains from a batch)."""
+        """One job after another (nothing here gains from a batch; no detector, so
+        whole_image changes nothing)."""
         return run_one_by_one(self, images, options_list, progress_list)
 
 

@@ -6,9 +6,9 @@ temporal smoothing, one result per track.
    pixels). A file that is not a video, has no video stream, no frames, or frames that do
    not decode fails the job with `PermanentJobError` saying so.
 2. **per frame**: the pipeline's own `run_batch` (detect, regress, fit) over `batch` frames
-   at once (1: frame by frame). When the pipeline has a person detector and nobody is
-   found, the image pipeline falls back to the whole frame as one person; a video skips
-   that frame instead.
+   at once (1: frame by frame). Where the person detector finds nobody, the image
+   pipeline would take the whole frame as one person; a video asks it not to
+   (`whole_image=False`) and that frame has no people.
 3. **track** (`model.tracking`): ids across frames from boxes and keypoints; tracks
    shorter than `options.video.min_track_frames` are dropped.
 4. **smooth** (`model.temporal`): per contiguous run of a track, the windowed temporal fit
@@ -39,7 +39,7 @@ from service.contract import (
     RecoverOptions,
     RecoverResult,
 )
-from worker.pipeline import PermanentJobError, Pipeline, PipelineResult, ProgressFn
+from worker.pipeline import NoPeopleFound, PermanentJobError, Pipeline, PipelineResult, ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -163,32 +163,31 @@ def run_video(
     progress("frames", 0, video.expected)
     per_frame: list[list[dict[str, Any]]] = []
     first: dict[str, Any] | None = None
-    skip_whole_frame = getattr(pipeline, "blazepose", None) is not None and not options.people
     quiet: ProgressFn = lambda stage, step, total: None  # noqa: E731
     # Files and joints are made once per track at the end, not per frame.
     per_frame_options = options.model_copy(update={"return_": []})
     for chunk in _chunks(video.frames, max(1, batch)):
-        outs = pipeline.run_batch(chunk, [per_frame_options] * len(chunk), [quiet] * len(chunk))
-        for frame, out in zip(chunk, outs, strict=True):
+        outs = pipeline.run_batch(
+            chunk, [per_frame_options] * len(chunk), [quiet] * len(chunk), whole_image=False
+        )
+        for out in outs:
+            if isinstance(out, NoPeopleFound):
+                per_frame.append([])
+                continue
             if isinstance(out, Exception):
                 raise out
             first = first or out.result
-            people = out.result["people"]
-            if skip_whole_frame:
-                whole = [0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])]
-                people = [p for p in people if [float(v) for v in p["bbox"]] != whole]
-            per_frame.append(people)
+            per_frame.append(out.result["people"])
         progress("frames", len(per_frame), max(video.expected, len(per_frame)))
-    assert first is not None  # open_video's frames raise when there are none
     timings = {"frames": (time.perf_counter() - start) * 1000.0}
     info = {"fps": video.fps, "frames": len(per_frame), "duration_s": len(per_frame) / video.fps,
             "frames_with_people": sum(1 for p in per_frame if p)}  # fmt: skip
+    if first is None or not info["frames_with_people"]:
+        raise PermanentJobError(f"no person was found in any of the video's {len(per_frame)} frames")
     if getattr(pipeline, "name", "") == "echo":  # diagnostics: no bodies to track
         echo = dict(first, video=info, tracks=[])
         echo["timings_ms"] = dict(timings, total=(time.perf_counter() - start) * 1000.0)
         return PipelineResult(result=echo)
-    if not info["frames_with_people"]:
-        raise PermanentJobError(f"no person was found in any of the video's {len(per_frame)} frames")
     progress("smooth", 0, 1)
     smooth_start = time.perf_counter()
     tracks = build_tracks(per_frame, options)

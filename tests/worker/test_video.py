@@ -115,3 +115,22 @@ def test_no_person_in_any_frame_fails_the_job(onnx_pipeline) -> None:  # type: i
     grey = np.full((6, 120, 160, 3), 128, np.uint8)
     with pytest.raises(PermanentJobError, match="no person was found in any of the video's 6 frames"):
         run_video(onnx_pipeline, encode_video(grey, 30.0), {"kind": "video"}, RecoverOptions(), lambda *a: None)
+
+
+def test_a_frame_with_nobody_is_not_fitted_as_the_whole_frame(onnx_pipeline) -> None:  # type: ignore[no-untyped-def]
+    """An image job with nobody found gets the whole image as one person; a video frame
+    (run_batch(whole_image=False)) gets NoPeopleFound instead, the others of its batch
+    their results."""
+    from worker.pipeline import NoPeopleFound
+
+    clip = make_clip(MotionConfig(frames=2, image_hw=(240, 320)), seed=0)
+    grey = np.full((240, 320, 3), 128, np.uint8)
+    quiet = lambda *a: None  # noqa: E731
+    (alone,) = onnx_pipeline.run_batch([grey], [RecoverOptions()], [quiet])
+    assert [p["bbox"] for p in alone.result["people"]] == [[0.0, 0.0, 320.0, 240.0]]
+    empty, found = onnx_pipeline.run_batch(
+        [grey, clip.frames[0]], [RecoverOptions()] * 2, [quiet] * 2, whole_image=False
+    )
+    assert isinstance(empty, NoPeopleFound)
+    assert len(found.result["people"]) == 1
+    assert found.result["people"][0]["bbox"] != [0.0, 0.0, 320.0, 240.0]

@@ -53,10 +53,11 @@ class Crops:
 
 
 def find_people(
-    image: np.ndarray, people_in: Sequence[PersonIn], blazepose: Any
+    image: np.ndarray, people_in: Sequence[PersonIn], blazepose: Any, whole_image: bool = True
 ) -> tuple[list[Person], Any]:
     """The request's people, else everyone BlazePose finds (with their landmarks, else None),
-    else the whole image as one person. blazepose: `model.blazepose.BlazePose` or None."""
+    else the whole image as one person (whole_image=False: nobody, an empty list).
+    blazepose: `model.blazepose.BlazePose` or None."""
     height, width = image.shape[:2]
     if people_in or blazepose is None:
         return parse_people(people_in, width, height), None
@@ -64,7 +65,7 @@ def find_people(
 
     lm = blazepose.find_people(image, MAX_PEOPLE)
     if len(lm.score) == 0:
-        return parse_people([], width, height), None
+        return (parse_people([], width, height) if whole_image else []), None
     return [Person(box, None) for box in landmark_boxes(lm, (height, width))], lm
 
 
