@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.metahmr = AppState(
-        settings=settings, store=store, queue=queue, metrics=ApiMetrics(store, settings.queue_name)
+        settings=settings, store=store, queue=queue, metrics=ApiMetrics(store)
     )
     app.include_router(router)
     install_pages(app)

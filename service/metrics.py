@@ -23,19 +23,18 @@ log = logging.getLogger(__name__)
 class StoreCollector(Collector):
     """Job-level metrics from the shared store."""
 
-    def __init__(self, store: JobStore, queue: str) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
-        self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
         try:
-            depth = self.store.queue_length(self.queue)
+            depth = self.store.queued_count()
             workers = self.store.live_workers()
             stats = self.store.stats()
         except Exception:  # a scrape must not fail because Redis is down; /readyz says so
             log.warning("metrics: Redis unavailable", exc_info=True)
             return
-        yield GaugeMetricFamily("metahmr_queue_depth", "tasks waiting in the queue", value=depth)
+        yield GaugeMetricFamily("metahmr_queue_depth", "jobs waiting to run", value=depth)
         yield GaugeMetricFamily(
             "metahmr_live_workers", "workers with a fresh heartbeat", value=workers
         )
@@ -66,7 +65,7 @@ class ApiMetrics:
     """This process's request metrics in their own registry (one per app, so tests can
     build several apps)."""
 
-    def __init__(self, store: JobStore, queue: str) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "metahmr_http_requests",
@@ -80,7 +79,7 @@ class ApiMetrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(store, queue))
+        self.registry.register(StoreCollector(store))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

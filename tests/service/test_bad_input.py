@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from broker_checks import broker_messages
 from fastapi.testclient import TestClient
 
 from service.jobs import JobStore
@@ -124,14 +125,14 @@ def test_recover_rejects_bad_input_without_queueing(
     case: str,
 ) -> None:
     kwargs, status, code = _cases(make_image, make_png_header)[case]
-    depth = store.queue_length("metahmr")
+    depth = broker_messages(store.client, "metahmr")
     _assert_error(api.post("/recover", **kwargs), status, code)
-    assert store.queue_length("metahmr") == depth
+    assert broker_messages(store.client, "metahmr") == depth
     assert _job_keys(store) == []
     # The service keeps serving: a good request right after is queued.
     ok = api.post("/recover", **_multipart(make_image(64, 48)))
     assert ok.status_code == 202, ok.text
-    assert store.queue_length("metahmr") == depth + 1
+    assert broker_messages(store.client, "metahmr") == depth + 1
 
 
 def test_empty_body_is_refused(api: TestClient, store: JobStore) -> None:
@@ -146,7 +147,7 @@ def test_empty_body_is_refused(api: TestClient, store: JobStore) -> None:
     _assert_error(
         api.post("/recover", content=b"", headers={"content-type": "multipart/form-data"}), 400
     )
-    assert store.queue_length("metahmr") == 0 and _job_keys(store) == []
+    assert broker_messages(store.client, "metahmr") == 0 and _job_keys(store) == []
 
 
 def test_json_body_instead_of_multipart_is_415(api: TestClient) -> None:
@@ -161,7 +162,7 @@ def test_oversized_upload_is_413_before_decoding(
     _assert_error(client.post("/recover", **_multipart(big)), 413, "upload_too_large")
     just_over = make_image(64, 48) + b"\0" * 11_000  # under the body limit, over the image limit
     _assert_error(client.post("/recover", **_multipart(just_over)), 413, "upload_too_large")
-    assert store.queue_length("metahmr") == 0 and _job_keys(store) == []
+    assert broker_messages(store.client, "metahmr") == 0 and _job_keys(store) == []
     assert client.post("/recover", **_multipart(make_image(64, 48))).status_code == 202
 
 

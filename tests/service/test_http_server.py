@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import uvicorn
+from broker_checks import broker_messages
 
 from bench.serve_stack import free_port
 from service.client import ApiError, MetahmrClient
@@ -81,5 +82,5 @@ def test_streamed_upload_without_length_is_cut_at_the_limit(
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "upload_too_large"
-    assert store.queue_length("metahmr") == 0
+    assert broker_messages(store.client, "metahmr") == 0
     assert httpx.get(f"{server_url}/healthz").status_code == 200

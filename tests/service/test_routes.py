@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from broker_checks import broker_messages
 from fastapi.testclient import TestClient
 
 from service.jobs import JobError, JobStatus, JobStore
@@ -44,7 +45,7 @@ def test_submit_answers_202_with_location_and_stores_the_job(
         "bytes": len(store.image(body["job_id"]) or b""),
         "orientation": 1,
     }
-    assert store.queue_length("metahmr") == 1
+    assert broker_messages(store.client, "metahmr") == 1
 
 
 def test_job_view_follows_the_worker(
@@ -121,7 +122,7 @@ def test_health_readiness_and_docs(api: TestClient, store: JobStore) -> None:
 def test_metrics_report_requests_queue_and_jobs(
     api: TestClient, store: JobStore, make_image: Callable[..., bytes]
 ) -> None:
-    _submit(api, make_image())
+    job = _submit(api, make_image())
     api.get("/jobs/not-a-job")
     store.record_finished(JobStatus.SUCCEEDED, 0.7, tto_steps=(14,))
     text = api.get("/metrics").text
@@ -131,6 +132,9 @@ def test_metrics_report_requests_queue_and_jobs(
     )
     assert "metahmr_http_request_duration_seconds_bucket" in text
     assert "metahmr_queue_depth 1.0" in text
+    # The depth is the jobs waiting to run, not the broker's messages: a claimed job leaves it.
+    assert store.claim(job["job_id"], "worker-1")[0]
+    assert "metahmr_queue_depth 0.0" in api.get("/metrics").text
     assert 'metahmr_jobs_finished_total{status="succeeded"} 1.0' in text
     assert 'metahmr_job_duration_seconds_bucket{le="1.0"} 1.0' in text
     assert (
@@ -169,5 +173,5 @@ def test_rate_limit_is_per_key(
     )
     assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 61
-    assert store.queue_length("metahmr") == 2
+    assert broker_messages(store.client, "metahmr") == 2
     _submit(client, make_image(), **{"X-API-Key": "b"})  # another key has its own budget

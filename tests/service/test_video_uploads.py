@@ -16,6 +16,8 @@ from service.uploads import UploadError
 from service.video import VideoLimits, check_video, sniff_video
 
 pytest.importorskip("av")  # the tests make their videos with PyAV (the worker extra)
+from broker_checks import broker_messages
+
 from training.synth.motion import encode_video  # noqa: E402
 
 LIMITS = VideoLimits(max_bytes=10**7, max_seconds=20.0, max_frames=900, max_pixels=10**6)
@@ -93,7 +95,7 @@ def test_bad_videos_get_clear_4xx(
     make_client: Callable[..., TestClient], store: JobStore, videos: dict[str, bytes]
 ) -> None:
     api = make_client(max_video_s=0.25)
-    depth = store.queue_length("metahmr")
+    depth = broker_messages(store.client, "metahmr")
     cases = [
         (videos["mp4"], None, 413, "video_too_long"),
         (videos["mp4"][:-500], None, 422, "corrupt_video"),
@@ -105,7 +107,7 @@ def test_bad_videos_get_clear_4xx(
         response = _post(api, data, options)
         assert response.status_code == status, response.text
         assert response.json()["error"]["code"] == code
-    assert store.queue_length("metahmr") == depth
+    assert broker_messages(store.client, "metahmr") == depth
 
 
 def test_video_limits_come_from_settings(make_client: Callable[..., TestClient], videos: dict[str, bytes]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from broker_checks import broker_messages
 from celery.contrib.testing.worker import start_worker
 
 from service.config import Settings
@@ -33,7 +34,7 @@ def test_real_worker_runs_a_published_task(
     job_id = store.create(two_colour_jpeg, {}, {}).job_id
     queue = TaskQueue(Settings(redis_url=worker_settings.redis_url), store)
     queue.send(job_id)
-    assert store.queue_length(worker_settings.queue_name) == 1
+    assert broker_messages(store.client, worker_settings.queue_name) == 1
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
             deadline = time.monotonic() + 20
@@ -49,7 +50,7 @@ def test_real_worker_runs_a_published_task(
         "height": 64,
         "focal_length": (32**2 + 64**2) ** 0.5,
     }
-    assert store.queue_length(worker_settings.queue_name) == 0
+    assert broker_messages(store.client, worker_settings.queue_name) == 0
 
 
 def test_healthcheck_needs_a_live_worker_on_this_host(
