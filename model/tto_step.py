@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("test_u", "2d")
 # Not a parameter: a head's feature term (fc1's feature half applied to its fixed input,
-# (B, hidden)) adapted in place of that layer's weights (`model.tto_feature`). `predict`
+# (B, hidden)) adapted in place of that layer's weights (`model.tto_adam`). `predict`
 # passes it to the head as its `feature_term` argument.
 FEATURE_TERM = "feature_term"
 

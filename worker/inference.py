@@ -95,7 +95,7 @@ def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
     torch.set_num_threads(settings.torch_threads)
     model = load_model(resolve_model_dir(settings), settings)
     device = torch.device("cuda" if settings.onnx_provider == "cuda" else "cpu")
-    body = load_body_model(settings.body_model or BUNDLED_MODEL)
+    body = load_body_model(settings.body_model or BUNDLED_MODEL)  # these settings', not the env's
     if body.id != model.checkpoint.body_model_id:
         raise PipelineUnavailable(
             f"the model in {model.directory} was trained with body model "
