@@ -112,6 +112,9 @@ class AdamSteps:
         self.z: tuple[Tensor, Tensor] | None = None
         if feature_layer_adapts(module, params) and (per_sample or batch.keypoints.shape[0] == 1):
             params, self.z = _take_feature_layer(module, params, batch, per_sample)
+            if compiled:  # its width (the nonzero inputs) differs from person to person
+                for t in self.z:
+                    torch._dynamo.maybe_mark_dynamic(t, 1)
         self.params = params
         self.m = {n: torch.zeros_like(p) for n, p in params.items()}
         self.v = {n: torch.zeros_like(p) for n, p in params.items()}

@@ -458,6 +458,30 @@ def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
     assert (compiled.final.crop_cam - compiled.initial.crop_cam).abs().max() > 1e-3
 
 
+def test_compiled_fits_of_people_with_other_zero_features_reuse_the_graphs(body, nets) -> None:
+    """The feature term's row sums skip zero inputs, so their width differs from person to
+    person: after the warm-up, fits with other widths compile nothing new."""
+    from torch._dynamo.utils import counters
+
+    from model import tto
+
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 1, seed=5)
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images).abs() + 0.1
+        aux = f_u(inputs.images, inputs.crop.bbox_info())  # as a request has (and warm_up)
+    runtime = TTORuntime(compile=True, batched=False)
+    config = replace(FAST, steps=2)
+    tto.warm_up(f_w, body, config, runtime, people=(1,))
+    graphs = counters["stats"]["unique_graphs"]
+    for keep in (0.5, 0.2, 0.05):
+        mask = torch.rand(features.shape, generator=torch.Generator().manual_seed(1)) < keep
+        fit(f_w, replace(inputs, images=None, features=features * mask), body, config, aux,
+            runtime=runtime)  # fmt: skip
+    assert tto.compile_failure() is None
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_checkpoints_that_saved_runtime_flags_with_the_schedule_still_load() -> None:
     """Threads, compiled steps and the retired fused head engine were once saved in
     TTOConfig; they are runtime now (TTORuntime), and old checkpoints drop them."""
