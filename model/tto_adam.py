@@ -76,10 +76,25 @@ def adam_update(
     v = v * h.beta2 + g * g * (1 - h.beta2)
     if z is None:
         return p - h.lr_bc1 * m / ((v / h.bc2).sqrt() + h.eps), m, v
-    z2, abs_z = z
     c = (v / h.bc2).sqrt()  # sqrt(v_jk / bc2) = c_j |z_k|
-    rows = (z2.unsqueeze(1) / (c.unsqueeze(2) * abs_z.unsqueeze(1) + h.eps)).sum(2)
-    return p - h.lr_bc1 * m * rows, m, v
+    return p - h.lr_bc1 * m * _row_sums(z, c, h.eps), m, v
+
+
+_ROW_BLOCK = 128  # rows a block of the eager row sums: the (P, rows, K) temporary stays small
+
+
+def _row_sums(z: tuple[Tensor, Tensor], c: Tensor, eps: float) -> Tensor:
+    """sum_k z_k^2 / (c_j |z_k| + eps) for every person and row j: (P, hidden). Compiled,
+    one fused loop; eager, in blocks of rows (the whole (P, hidden, K) quotient could be
+    large for many people)."""
+    z2, abs_z = z[0].unsqueeze(1), z[1].unsqueeze(1)
+    if torch.compiler.is_compiling() or c.shape[1] <= _ROW_BLOCK:
+        return (z2 / (c.unsqueeze(2) * abs_z + eps)).sum(2)
+    blocks = [
+        (z2 / (c[:, j : j + _ROW_BLOCK].unsqueeze(2) * abs_z + eps)).sum(2)
+        for j in range(0, c.shape[1], _ROW_BLOCK)
+    ]
+    return torch.cat(blocks, dim=1)
 
 
 def feature_layer_adapts(module: nn.Module, names: Params) -> bool:

@@ -38,7 +38,7 @@ def test_the_feature_term_steps_as_adam_on_the_full_layer() -> None:
     rank-one moments gives the same u, with zeros and tiny values in z."""
     torch.manual_seed(1)
     config = TTOConfig(adam_lr=1e-2)
-    hidden, k = 6, 9
+    hidden, k = 300, 9  # more rows than one eager block
     z = torch.randn(1, k)
     z[0, 2], z[0, 5] = 0.0, 1e-9
     layer = torch.nn.Linear(k, hidden)
