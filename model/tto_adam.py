@@ -131,8 +131,6 @@ class AdamSteps:
                 for t in self.z:
                     torch._dynamo.maybe_mark_dynamic(t, 1)
         self.params = params
-        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
-        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
         self.t = 0
         # Eager, the dense weights step with torch.optim.Adam's fused kernel (one kernel a
         # tensor; `adam_update` as separate tensor operations would cost several times more);
@@ -142,6 +140,9 @@ class AdamSteps:
         if not self.one_graph:
             dense = [p.requires_grad_(True) for n, p in params.items() if n != FEATURE_TERM]
             self.optimizer = _torch_adam(dense, config) if dense else None
+        own = [n for n in params if self.optimizer is None or n == FEATURE_TERM]
+        self.m = {n: torch.zeros_like(params[n]) for n in own}
+        self.v = {n: torch.zeros_like(params[n]) for n in own}
 
     def step(self) -> StepLoss:
         """One Adam step; returns the loss (and prediction) at the weights before it."""
