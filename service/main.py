@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.metahmr = AppState(
-        settings=settings, store=store, queue=queue, metrics=ApiMetrics(store)
+        settings=settings, store=store, queue=queue, metrics=ApiMetrics(store, queue.depth)
     )
     app.include_router(router)
     install_pages(app)

@@ -1,14 +1,14 @@
 """Prometheus metrics for /metrics.
 
-Request counts and latency are this API process's own; queue depth, live workers, job
-durations and TTO steps are read from Redis at scrape time (workers record them there), so
-every API replica reports the same job numbers.
+Request counts and latency are this API process's own; queue depth (the broker's waiting
+recover tasks), live workers, job durations and TTO steps are read from Redis at scrape time
+(workers record them there), so every API replica reports the same job numbers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class StoreCollector(Collector):
-    """Job-level metrics from the shared store."""
+    """Job-level metrics from the shared store; `depth` counts the jobs waiting to run (the
+    broker's queue: `service.queue.TaskQueue.depth`)."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, depth: Callable[[], int]) -> None:
         self.store = store
+        self.depth = depth
 
     def collect(self) -> Iterator[Metric]:
         try:
-            depth = self.store.queued_count()
+            depth = self.depth()
             workers = self.store.live_workers()
             stats = self.store.stats()
         except Exception:  # a scrape must not fail because Redis is down; /readyz says so
@@ -65,7 +67,7 @@ class ApiMetrics:
     """This process's request metrics in their own registry (one per app, so tests can
     build several apps)."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, depth: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "metahmr_http_requests",
@@ -79,7 +81,7 @@ class ApiMetrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(store))
+        self.registry.register(StoreCollector(store, depth))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

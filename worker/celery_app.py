@@ -21,13 +21,18 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from service.jobs import RECOVER_TASK, RERUN_PRIORITY, JobStore, configure_logging
+from service.jobs import (
+    PRIORITY_STEPS,
+    RECOVER_TASK,
+    RERUN_PRIORITY,
+    JobStore,
+    configure_logging,
+)
 from worker.config import WorkerSettings, get_worker_settings
 from worker.factory import check_pipeline
 from worker.tasks import recover, stop_worker_context, worker_context
 
 log = logging.getLogger(__name__)
-PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's default for Redis, named here because we rely on it
 
 
 def create_celery(settings: WorkerSettings) -> Celery:

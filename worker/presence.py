@@ -33,11 +33,16 @@ class ActiveJobs:
                 self._ids.add(job_id)
         return claimed, before
 
-    def claim_queued(self, store: JobStore, worker: str, limit: int) -> list[str]:
+    def claim_more(self, store: JobStore, job_id: str, worker: str) -> bool:
+        """`claim`, for a batch's other job: False for one this process runs already (its
+        task's message sent twice)."""
         with self.lock:
-            ids = store.claim_queued(worker, limit)
-            self._ids.update(ids)
-        return ids
+            if job_id in self._ids:
+                return False
+            claimed, _ = store.claim(job_id, worker)
+            if claimed:
+                self._ids.add(job_id)
+        return claimed
 
     def done(self, job_ids: Sequence[str]) -> None:
         with self.lock:

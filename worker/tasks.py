@@ -3,11 +3,11 @@
 Idempotent: a task for a job that is finished, canceled, or running on another live worker
 does nothing, so redelivered or duplicate messages are harmless.
 
-Micro-batching (METAHMR_MAX_BATCH > 1): the task that starts a job also claims other queued
-jobs from the store (`JobStore.claim_queued`, the same atomic queued -> running step as
-`claim`, so cancel and the reaper work as for any running job) and runs them all through
-`Pipeline.run_batch`; each job gets its own progress, result, files or error. Those jobs'
-own messages arrive later and find them finished or running: a no-op, as above.
+Micro-batching (METAHMR_MAX_BATCH > 1): the task that starts a job also takes the recover
+tasks waiting behind it in the broker queue (`worker.broker.WaitingTasks`: each job claimed
+with the same atomic queued -> running step as its own, so cancel and the reaper work as for
+any running job, and its message acknowledged then) and runs them all through
+`Pipeline.run_batch`; each job gets its own progress, result, files or error.
 
 Each worker process keeps one `WorkerContext`: its store connection, its pipeline (loaded
 once) and its `Presence` (`worker.presence`), a heartbeat thread that also re-queues jobs
@@ -43,6 +43,7 @@ from service.jobs import (
     LeaseLost,
     job_context,
 )
+from worker.broker import WaitingTasks
 from worker.capabilities import publish_pipeline
 from worker.config import WorkerSettings
 from worker.factory import load_pipeline
@@ -83,6 +84,7 @@ class WorkerContext:
     presence: Presence | None = None
     active: ActiveJobs = field(default_factory=ActiveJobs, repr=False)
     _pipeline: Pipeline | None = field(default=None, repr=False)
+    _waiting: WaitingTasks | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def pipeline(self) -> Pipeline:
@@ -98,6 +100,19 @@ class WorkerContext:
                     time.perf_counter() - start,
                 )
             return self._pipeline
+
+    def waiting(self) -> WaitingTasks:
+        """The broker queue's waiting tasks (a batch's other jobs), connected on first use."""
+        if self._waiting is None:
+            s = self.settings
+            self._waiting = WaitingTasks(s.broker_url, s.queue_name, s.visibility_timeout_s)
+        return self._waiting
+
+    def close(self) -> None:
+        if self.presence is not None:
+            self.presence.stop()
+        if self._waiting is not None:
+            self._waiting.close()
 
 
 def new_worker_id() -> str:
@@ -161,16 +176,21 @@ def _run_claimed(ctx: WorkerContext, job_id: str, others: list[str]) -> JobStatu
 
 
 def _claim_more(ctx: WorkerContext, ids: list[str]) -> None:
-    """Claim up to max_batch - 1 other queued jobs for this worker into `ids`; waits at
-    most batch_wait_ms for them to appear (polling the store)."""
+    """Claim up to max_batch - 1 other waiting jobs for this worker into `ids`, from the
+    broker queue; waits at most batch_wait_ms for them to arrive (polling the queue). With
+    the broker unreachable, the batch is what was claimed so far (`WaitingTasks.take`)."""
     want = ctx.settings.max_batch - 1
     if want <= 0:
         return
     deadline = time.monotonic() + ctx.settings.batch_wait_ms / 1000.0
-    ids += ctx.active.claim_queued(ctx.store, ctx.worker_id, want)
+
+    def claim(job_id: str) -> bool:
+        return ctx.active.claim_more(ctx.store, job_id, ctx.worker_id)
+
+    ids += ctx.waiting().take(claim, want)
     while len(ids) < want and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(BATCH_POLL_S, left))
-        ids += ctx.active.claim_queued(ctx.store, ctx.worker_id, want - len(ids))
+        ids += ctx.waiting().take(claim, want - len(ids))
 
 
 def _run_batch(ctx: WorkerContext, job_ids: Sequence[str]) -> JobStatus | None:
@@ -377,8 +397,8 @@ def worker_context(
 def stop_worker_context() -> None:
     with _contexts_lock:
         ctx = _contexts.pop(os.getpid(), None)
-    if ctx is not None and ctx.presence is not None:
-        ctx.presence.stop()
+    if ctx is not None:
+        ctx.close()
 
 
 def recover(task: Any, job_id: str) -> str | None:

@@ -30,6 +30,7 @@ TTO_STEP_BUCKETS = (0, 1, 2, 5, 10, 15, 20, 30)
 # again (its worker died, a transient error, never sent) goes ahead of the new ones.
 NEW_JOB_PRIORITY = 6
 RERUN_PRIORITY = 0
+PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's default for Redis, named here because we rely on it
 
 
 class JobStatus(StrEnum):

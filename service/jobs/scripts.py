@@ -1,8 +1,8 @@
 """The job store's Lua scripts: each status change is one atomic check-and-write in Redis
 (see `service.jobs.store` for the key layout they act on)."""
 
-# KEYS: 1 job hash, 2 running set, 3 image, 4 queued index, 5 purge flag (set when the image
-# is dropped: see `JobStore.compact`).
+# KEYS: 1 job hash, 2 running set, 3 image, 4 purge flag (set when the image is dropped: see
+# `JobStore.compact`).
 # ARGV: 1 allowed current statuses (space separated), 2 new status, 3 required worker ('' =
 # any), 4 job id, 5 ttl seconds (0 = keep), 6 '1' to drop the image, 7.. field/value pairs.
 TRANSITION = """
@@ -16,14 +16,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] == 'running' then redis.call('SADD', KEYS[2], ARGV[4])
 else redis.call('SREM', KEYS[2], ARGV[4]) end
-if ARGV[2] == 'queued' then redis.call('ZADD', KEYS[4], 0, ARGV[4])
-else redis.call('ZREM', KEYS[4], ARGV[4]) end
-if ARGV[6] == '1' and redis.call('DEL', KEYS[3]) == 1 then redis.call('SET', KEYS[5], '1') end
+if ARGV[6] == '1' and redis.call('DEL', KEYS[3]) == 1 then redis.call('SET', KEYS[4], '1') end
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 return {1, cur}
 """
 
-# KEYS: 1 job hash, 2 running set, 3 queued index. ARGV: 1 worker, 2 now (ISO), 3 job id.
+# KEYS: 1 job hash, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 job id.
 CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
@@ -34,34 +32,7 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'updated_at'
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[3], ARGV[3])
 return {1, cur}
-"""
-
-# Take up to ARGV[3] queued jobs, oldest first, for one worker: each one exactly as CLAIM
-# would. KEYS: 1 queued index, 2 running set. ARGV: 1 worker, 2 now (ISO), 3 limit, 4 key
-# prefix (job keys are built here, as in _REAP). Every id looked at leaves the index (claimed,
-# or no longer queued), so each pass reads new ones.
-CLAIM_QUEUED = """
-local out = {}
-local limit = tonumber(ARGV[3])
-while #out < limit do
-  local ids = redis.call('ZRANGE', KEYS[1], 0, limit - #out - 1)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', KEYS[1], id)
-    local key = ARGV[4] .. 'job:' .. id
-    if redis.call('HGET', key, 'status') == 'queued' then
-      redis.call('HSET', key, 'status', 'running', 'worker', ARGV[1], 'updated_at', ARGV[2],
-                 'started_at', ARGV[2])
-      redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HDEL', key, 'progress')
-      redis.call('SADD', KEYS[2], id)
-      table.insert(out, id)
-    end
-  end
-end
-return out
 """
 
 # Scripts that read the clock use Redis's, so workers on several hosts agree on expiry.
@@ -80,7 +51,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 
-# KEYS: 1 running set, 2 workers, 3 queued index, 4 outages, 5 purge flag. ARGV: 1 key prefix,
+# KEYS: 1 running set, 2 workers, 3 outages, 4 purge flag. ARGV: 1 key prefix,
 # 2 max attempts, 3 now (ISO), 4 error JSON when attempts are used up, 5 lease seconds (the
 # heartbeat TTL). Job keys are built here from the prefix (fine on a single Redis; this store
 # does not target Redis Cluster).
@@ -105,7 +76,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       local outage = {}
       if expiry then
         local last_beat = tonumber(expiry) - tonumber(ARGV[5])
-        outage = redis.call('ZRANGEBYSCORE', KEYS[4], last_beat, '+inf', 'LIMIT', 0, 1)
+        outage = redis.call('ZRANGEBYSCORE', KEYS[3], last_beat, '+inf', 'LIMIT', 0, 1)
       end
       local lost = tonumber(redis.call('HGET', key, 'lost') or '0')
       if #outage == 0 then lost = lost + 1 end
@@ -114,12 +85,11 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         redis.call('HSET', key, 'status', 'failed', 'error', ARGV[4], 'updated_at', ARGV[3],
                    'finished_at', ARGV[3], 'worker', '')
         redis.call('DEL', key .. ':image')
-        redis.call('SET', KEYS[5], '1')
+        redis.call('SET', KEYS[4], '1')
         table.insert(out, {id, 'failed'})
       else
         redis.call('HSET', key, 'status', 'queued', 'updated_at', ARGV[3], 'worker', '')
         redis.call('HDEL', key, 'progress')
-        redis.call('ZADD', KEYS[3], 0, id)
         table.insert(out, {id, 'queued'})
       end
     end

@@ -11,9 +11,6 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
 - ``unsent`` sorted set: id -> creation time of jobs whose task the API has not yet handed to
   the broker (`mark_sent`); a job left there (the API died in between) is sent by a worker's
   reaper (`take_unsent`).
-- ``queued`` sorted set of job ids in state queued, oldest first (score: creation time, 0
-  for a job put back in the queue), so a worker can take several at once (micro-batching).
-  Kept with every status change; an id whose job expired while queued is dropped when seen.
 - ``workers`` sorted set: worker id -> time (Redis clock) its heartbeat expires.
 - ``outages`` sorted set: the times workers could not reach Redis (`note_outage`); a job whose
   lease ran out then is re-queued without counting as one of its worker deaths (``lost``).
@@ -21,6 +18,9 @@ Layout (every key starts with the store's prefix, ``metahmr:`` by default):
   ``compact_lock`` (expiring) spaces the rewrites.
 - ``rate:{who}:{minute}`` submission counters; ``stats:*`` hashes behind /metrics.
 - ``owner_salt``: the random key of the owner hashes, made once by the first API to need it.
+
+What waits to run is the broker's queue of recover tasks (one message a job, sent by the
+API or, for a job put back, by a worker): the store keeps no queue of its own.
 
 Status changes run as Lua scripts (`service.jobs.scripts`), so a check and its write are one
 atomic step: a job goes queued -> running -> succeeded | failed | canceled, running -> queued
@@ -74,7 +74,6 @@ class JobStore:
         self.prefix = prefix
         self._transition = client.register_script(scripts.TRANSITION)
         self._claim = client.register_script(scripts.CLAIM)
-        self._claim_queued = client.register_script(scripts.CLAIM_QUEUED)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._live = client.register_script(scripts.LIVE_WORKERS)
         self._reap = client.register_script(scripts.REAP)
@@ -99,10 +98,6 @@ class JobStore:
     @property
     def _running(self) -> str:
         return f"{self.prefix}running"
-
-    @property
-    def _queued(self) -> str:
-        return f"{self.prefix}queued"
 
     @property
     def _workers(self) -> str:
@@ -146,7 +141,6 @@ class JobStore:
         pipe.hset(self._job(job_id), mapping=fields)
         pipe.expire(self._job(job_id), self.ttl_s)
         pipe.set(self._image(job_id), image, ex=self.ttl_s)
-        pipe.zadd(self._queued, {job_id: time.time()})
         pipe.zadd(self._unsent, {job_id: time.time()})
         pipe.execute()
         return JobRecord(
@@ -210,25 +204,9 @@ class JobStore:
     def claim(self, job_id: str, worker: str) -> tuple[bool, JobStatus | None]:
         """queued -> running for `worker` (or running again by the same worker, when its
         earlier try of this task stopped on an error). Returns (claimed, status before)."""
-        keys = [self._job(job_id), self._running, self._queued]
+        keys = [self._job(job_id), self._running]
         ok, before = self._claim(keys=keys, args=[worker, now_iso(), job_id])
         return bool(ok), JobStatus(before.decode()) if before else None
-
-    def claim_queued(self, worker: str, limit: int) -> list[str]:
-        """Claim up to `limit` queued jobs for `worker`, oldest first, each exactly as `claim`
-        does (queued -> running, one atomic step for all). Returns their ids; canceled,
-        running, finished and expired jobs are skipped."""
-        if limit <= 0:
-            return []
-        ids = self._claim_queued(
-            keys=[self._queued, self._running], args=[worker, now_iso(), limit, self.prefix]
-        )
-        return [_text(i) for i in ids]
-
-    def queued_jobs(self) -> list[str]:
-        """Ids in the queued index, oldest first."""
-        ids: list[bytes] = self.client.zrange(self._queued, 0, -1)  # type: ignore[assignment]
-        return [_text(i) for i in ids]
 
     def release(self, job_id: str, worker: str) -> bool:
         """running -> queued by its own worker, to be retried later (transient errors)."""
@@ -322,7 +300,6 @@ class JobStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(*keys)
         pipe.srem(self._running, job_id)
-        pipe.zrem(self._queued, job_id)
         pipe.zrem(self._unsent, job_id)
         pipe.set(self._purge_due, 1)
         removed, *_ = pipe.execute()
@@ -349,9 +326,7 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [
-            self._job(job_id), self._running, self._image(job_id), self._queued, self._purge_due
-        ]
+        keys = [self._job(job_id), self._running, self._image(job_id), self._purge_due]
         ok, before = self._transition(keys=keys, args=args)
         status = JobStatus(before.decode()) if before else None
         return bool(ok), status
@@ -384,7 +359,7 @@ class JobStore:
             }
         )
         rows = self._reap(
-            keys=[self._running, self._workers, self._queued, self._outages, self._purge_due],
+            keys=[self._running, self._workers, self._outages, self._purge_due],
             args=[self.prefix, max_attempts, now_iso(), error, lease_s],
         )
         return [(i.decode(), JobStatus(s.decode())) for i, s in rows]
@@ -445,12 +420,7 @@ class JobStore:
         retry_after = max(1, int((window + 1) * window_s - now + 0.999))
         return int(count) <= limit, retry_after
 
-    # -- broker and statistics --------------------------------------------------------------
-    def queued_count(self) -> int:
-        """Jobs waiting to run: the size of the queued index (the broker's own lists also
-        hold messages of jobs a batch already took, which run as no-ops)."""
-        return int(self.client.zcard(self._queued))  # type: ignore[arg-type]
-
+    # -- statistics ---------------------------------------------------------------------------
     def record_finished(
         self, status: JobStatus, duration_s: float, tto_steps: Sequence[int] = ()
     ) -> None:

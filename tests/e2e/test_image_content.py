@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+from broker_checks import stored_job_ids
 from PIL import Image
 
 from service.client import ApiError
@@ -55,4 +56,4 @@ def test_a_png_whose_rows_stop_early_is_refused(stack) -> None:  # type: ignore[
         stack.client.submit(_png_rows_stop_early(), {})
     assert (exc.value.status, exc.value.code) == (422, "truncated_image")
     assert "10 of 1000 rows" in str(exc.value)
-    assert stack.store.queued_jobs() == []
+    assert stored_job_ids(stack.store.client) == set()

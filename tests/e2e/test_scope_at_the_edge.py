@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+from broker_checks import stored_job_ids
 from PIL import Image
 
 from service.client import ApiError
@@ -32,7 +33,7 @@ def test_a_scope_the_model_was_not_trained_for_is_refused_at_the_api(
         )
     assert (exc.value.status, exc.value.code) == (422, "invalid_options")
     assert "'head'" in str(exc.value)
-    assert stack.store.queued_jobs() == []
+    assert stored_job_ids(stack.store.client) == set()
     job = stack.client.recover(
         buf.getvalue(),
         {"people": [{"bbox": [10, 10, 60, 90]}], "tto": {"scope": "head"}},

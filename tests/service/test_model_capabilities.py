@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from broker_checks import stored_job_ids
 from fastapi.testclient import TestClient
 
 from service.jobs import JobStore
@@ -35,7 +36,7 @@ def test_a_scope_no_worker_has_is_refused(
     store.heartbeat("w2", 60)
     publish(store, "w2", ["full"])
     assert _post(api, make_image(), "full")[0] == 202
-    assert len(store.queued_jobs()) == 2
+    assert len(stored_job_ids(store.client)) == 2
 
 
 def test_unknown_capabilities_let_the_worker_decide(

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from broker_checks import broker_messages
 from fastapi.testclient import TestClient
 
+from service.config import Settings
 from service.jobs import JobError, JobStatus, JobStore
+from worker.broker import WaitingTasks
 
 
 def _submit(client: TestClient, image: bytes, options: dict | None = None, **headers: str) -> dict:
@@ -120,7 +122,7 @@ def test_health_readiness_and_docs(api: TestClient, store: JobStore) -> None:
 
 
 def test_metrics_report_requests_queue_and_jobs(
-    api: TestClient, store: JobStore, make_image: Callable[..., bytes]
+    api: TestClient, store: JobStore, settings: Settings, make_image: Callable[..., bytes]
 ) -> None:
     job = _submit(api, make_image())
     api.get("/jobs/not-a-job")
@@ -132,8 +134,10 @@ def test_metrics_report_requests_queue_and_jobs(
     )
     assert "metahmr_http_request_duration_seconds_bucket" in text
     assert "metahmr_queue_depth 1.0" in text
-    # The depth is the jobs waiting to run, not the broker's messages: a claimed job leaves it.
-    assert store.claim(job["job_id"], "worker-1")[0]
+    # The depth is the broker's queue: a job a worker took (a batch's other job) leaves it.
+    waiting = WaitingTasks(settings.broker_url, settings.queue_name, 60)
+    assert waiting.take(lambda job_id: store.claim(job_id, "worker-1")[0], 4) == [job["job_id"]]
+    waiting.close()
     assert "metahmr_queue_depth 0.0" in api.get("/metrics").text
     assert 'metahmr_jobs_finished_total{status="succeeded"} 1.0' in text
     assert 'metahmr_job_duration_seconds_bucket{le="1.0"} 1.0' in text

@@ -1,7 +1,8 @@
 """Micro-batching in the recover task (METAHMR_MAX_BATCH > 1): the task that starts a job
-claims other queued jobs and runs them as one batch; each job gets its own outcome, a bad
-one fails alone, and the co-claimed jobs' own messages are then no-ops. Runs `run_job`
-in-process, and a real Celery worker, against a real Redis."""
+takes the tasks waiting behind it in the broker queue and runs their jobs with its own as one
+batch; each job gets its own outcome, a bad one fails alone, and a duplicate message of a
+batched job is a no-op. Runs `run_job` in-process, and a real Celery worker, against a real
+Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from broker_checks import broker_messages
+from broker_checks import broker_messages, published_job_ids, send_as_the_api
 from celery.contrib.testing.worker import start_worker
 
 from service.config import Settings
@@ -42,20 +43,31 @@ def _ctx(
     return ctx
 
 
+def _submit(
+    settings: WorkerSettings, store: JobStore, data: bytes, options: dict[str, Any] | None = None
+) -> str:
+    """A job created and sent as the API does."""
+    job_id = store.create(data, options or {}, {}).job_id
+    send_as_the_api(settings.require_redis_url(), store, [job_id])
+    return job_id
+
+
 def _get(store: JobStore, job_id: str) -> JobRecord:
     record = store.get(job_id)
     assert record is not None
     return record
 
 
-def test_a_task_runs_queued_jobs_with_its_own_as_one_batch(
+def test_a_task_runs_waiting_jobs_with_its_own_as_one_batch(
     worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
 ) -> None:
     ctx = _ctx(worker_settings, store, max_batch=4)
     first, second, bad, third, left = (
-        store.create(data, {}, {}).job_id
+        _submit(worker_settings, store, data)
         for data in (two_colour_jpeg, two_colour_jpeg, NOT_AN_IMAGE, two_colour_jpeg, b"")
     )
+    # `first`'s own message is still in the queue too (a worker's consumer would hold it):
+    # the batch drops it as a duplicate.
     assert run_job(ctx, first) is JobStatus.SUCCEEDED
     for job_id in (first, second, third):
         record = _get(store, job_id)
@@ -66,8 +78,9 @@ def test_a_task_runs_queued_jobs_with_its_own_as_one_batch(
     assert failed.status is JobStatus.FAILED and failed.error is not None
     assert failed.error.code == "pipeline_error"  # its image alone did not decode
     assert _get(store, left).status is JobStatus.QUEUED  # max_batch: 4 jobs taken, not 5
+    assert published_job_ids(store.client, worker_settings.queue_name) == [left]
     assert store.stats().finished == {"succeeded": 3, "failed": 1}
-    # The co-claimed jobs' own messages arrive later: nothing runs twice.
+    # A batched job's message sent twice (a reaper's resend) is a no-op: nothing runs twice.
     before = {j: _get(store, j) for j in (second, bad, third)}
     other = _ctx(worker_settings, store, worker="w2", max_batch=4)
     assert run_job(ctx, second) is JobStatus.SUCCEEDED
@@ -82,11 +95,12 @@ def test_without_max_batch_a_task_runs_only_its_job(
     worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
 ) -> None:
     ctx = _ctx(worker_settings, store)
-    first, second = (store.create(two_colour_jpeg, {}, {}).job_id for _ in range(2))
+    first, second = (_submit(worker_settings, store, two_colour_jpeg) for _ in range(2))
     assert run_job(ctx, first) is JobStatus.SUCCEEDED
     result = _get(store, first).result
     assert result is not None and "batch_size" not in result["timings_ms"]
     assert _get(store, second).status is JobStatus.QUEUED
+    assert published_job_ids(store.client, worker_settings.queue_name) == [first, second]
 
 
 def test_a_batch_waits_batch_wait_ms_for_jobs_to_arrive(
@@ -99,7 +113,7 @@ def test_a_batch_waits_batch_wait_ms_for_jobs_to_arrive(
     def submit() -> None:
         for _ in range(2):
             time.sleep(0.1)
-            later.append(store.create(two_colour_jpeg, {}, {}).job_id)
+            later.append(_submit(worker_settings, store, two_colour_jpeg))
 
     thread = threading.Thread(target=submit)
     started = time.monotonic()
@@ -116,7 +130,7 @@ def test_canceling_a_batched_job_stops_only_that_job(
     worker_settings: WorkerSettings, store: JobStore, two_colour_jpeg: bytes
 ) -> None:
     ctx = _ctx(worker_settings, store, EchoPipeline(delay_s=0.3, steps=10), max_batch=3)
-    ids = [store.create(two_colour_jpeg, {}, {}).job_id for _ in range(3)]
+    ids = [_submit(worker_settings, store, two_colour_jpeg) for _ in range(3)]
     runner = threading.Thread(target=run_job, args=(ctx, ids[0]))
     runner.start()
     deadline = time.monotonic() + 5
@@ -163,12 +177,12 @@ def test_a_transient_error_in_a_batch_requeues_that_job(
     requeued: list[str] = []
     ctx.presence = Presence(store, ctx.worker_id, ctx.settings, requeued.append)
     first = store.create(two_colour_jpeg, {}, {}).job_id
-    flaky = store.create(two_colour_jpeg, {"focal_length": TRANSIENT}, {}).job_id
+    flaky = _submit(worker_settings, store, two_colour_jpeg, {"focal_length": TRANSIENT})
     assert run_job(ctx, first) is JobStatus.SUCCEEDED
     record = _get(store, flaky)
     assert record.status is JobStatus.QUEUED and record.worker is None
-    assert requeued == [flaky]  # sent again: its own message may already be gone
-    assert store.queued_jobs() == [flaky]
+    assert broker_messages(store.client, worker_settings.queue_name) == 0  # the batch took it
+    assert requeued == [flaky]  # so it is sent again
 
 
 def test_real_worker_batches_jobs_submitted_together(
@@ -185,7 +199,7 @@ def test_real_worker_batches_jobs_submitted_together(
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
             deadline = time.monotonic() + 20
             while not all(_get(store, j).status.is_final for j in (*ids, bad)) or (
-                broker_messages(store.client, settings.queue_name) > 0  # the no-op messages too
+                broker_messages(store.client, settings.queue_name) > 0  # every message taken
             ):
                 assert time.monotonic() < deadline, [_get(store, j).status for j in ids]
                 time.sleep(0.05)
@@ -195,9 +209,9 @@ def test_real_worker_batches_jobs_submitted_together(
     records = [_get(store, j) for j in ids]
     assert all(r.status is JobStatus.SUCCEEDED and r.attempts == 1 for r in records)
     sizes = [r.result["timings_ms"].get("batch_size", 1) for r in records if r.result]
-    # Oldest first: ids[0] took ids[1..3]; bad's own message then took ids[4..5] and bad
-    # failed alone (its image does not decode) while the other two ran as a batch of 2.
-    assert sorted(sizes) == [2, 2, 4, 4, 4, 4], sizes
+    # In the order sent: ids[0] took ids[1], ids[2] and bad (which failed alone: its image
+    # does not decode, so 3 ran); ids[3]'s own message then took ids[4..5].
+    assert sizes == [3, 3, 3, 3, 3, 3], sizes
     failed = _get(store, bad)
     assert failed.status is JobStatus.FAILED and failed.attempts == 1
     assert store.stats().finished == {"succeeded": 6, "failed": 1}

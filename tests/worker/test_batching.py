@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
+from broker_checks import send_as_the_api
 from PIL import Image
 
 # The tiny exported model, its pipeline and the example person of the inference tests.
@@ -156,6 +157,7 @@ def test_recover_task_batches_onnx_jobs_and_a_bad_one_fails_alone(
     jobs = _jobs(person)[:2]
     bad = {"people": [{"bbox": [10.0, 10.0, 5.0, 5.0]}]}
     ids = [store.create(buf.getvalue(), o, {}).job_id for o in (jobs[0], bad, jobs[1])]
+    send_as_the_api(worker_settings.require_redis_url(), store, ids[1:])  # the batch takes them
     ctx = WorkerContext(
         settings=worker_settings.model_copy(update={"max_batch": 3}),
         store=store,

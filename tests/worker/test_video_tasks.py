@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from broker_checks import send_as_the_api
 
 from service.jobs import JobRecord, JobStatus, JobStore
 from worker.config import WorkerSettings
@@ -49,6 +50,7 @@ def test_video_jobs_in_a_batch_run_on_their_own(
     video = store.create(encode_video(FRAMES, 30.0), {}, VIDEO_META).job_id
     too_big = store.create(encode_video(FRAMES, 30.0), {}, dict(VIDEO_META, limits={"max_pixels": 100})).job_id
     other = store.create(two_colour_jpeg, {}, {}).job_id
+    send_as_the_api(worker_settings.require_redis_url(), store, [video, too_big, other])
     assert run_job(_ctx(worker_settings, store, max_batch=4), image) is JobStatus.SUCCEEDED
     assert _get(store, other).status is JobStatus.SUCCEEDED
     assert _get(store, other).result["timings_ms"]["batch_size"] == 2  # type: ignore[index]
