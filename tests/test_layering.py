@@ -101,3 +101,51 @@ def test_the_rules_catch_imports_anywhere_in_a_module() -> None:
     assert forbidden("model", "cli") and forbidden("model", "service.jobs")
     assert forbidden("training", "bench.docs") and forbidden("training", "service")
     assert forbidden("training", "model.tto") is None and forbidden("worker", "model.tto") is None
+
+
+def _runtime_modules() -> dict[str, Path]:
+    """Module name -> file, for every module of the runtime packages."""
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def test_no_runtime_module_is_too_long() -> None:
+    """Issue 13's limits: no runtime module over 600 lines, no worker module over 400."""
+    too_long = {}
+    for name, path in _runtime_modules().items():
+        limit = 400 if name.startswith("worker") else 600
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            too_long[name] = lines
+    assert too_long == {}
+
+
+def test_no_import_cycles_among_the_runtime_modules() -> None:
+    """Every import counts (lazy ones too); a package's __init__ re-exporting its own
+    modules is not a cycle of theirs."""
+    modules = _runtime_modules()
+    edges = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        targets = imported_modules(path.read_text(), name, is_package=is_package) & modules.keys()
+        edges[name] = {t for t in targets if t != name and not (is_package and t.startswith(name))}
+    cycles = []
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []

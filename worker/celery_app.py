@@ -29,8 +29,9 @@ from service.jobs import (
     configure_logging,
 )
 from worker.config import WorkerSettings, get_worker_settings
+from worker.context import stop_worker_context, worker_context
 from worker.factory import check_pipeline
-from worker.tasks import recover, stop_worker_context, worker_context
+from worker.tasks import recover
 
 log = logging.getLogger(__name__)
 

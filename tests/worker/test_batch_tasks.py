@@ -21,6 +21,7 @@ from service.jobs import JobRecord, JobStatus, JobStore
 from service.queue import TaskQueue
 from worker.celery_app import create_celery
 from worker.config import WorkerSettings
+from worker.context import WorkerContext, stop_worker_context
 from worker.pipeline import (
     EchoPipeline,
     PipelineResult,
@@ -29,7 +30,7 @@ from worker.pipeline import (
     run_one_by_one,
 )
 from worker.presence import Presence
-from worker.tasks import WorkerContext, run_job, stop_worker_context
+from worker.tasks import run_job
 
 NOT_AN_IMAGE = b"this is not an image"
 

@@ -18,9 +18,10 @@ from test_inference import FAST, body, exported, person, pipeline  # noqa: F401
 from service.contract import RecoverOptions
 from service.jobs import JobCanceled, JobStatus, JobStore
 from worker.config import WorkerSettings
+from worker.context import WorkerContext
 from worker.inference import OnnxPipeline
 from worker.pipeline import EchoPipeline, PermanentJobError, PipelineResult
-from worker.tasks import WorkerContext, run_job
+from worker.tasks import run_job
 
 
 def _jobs(example: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from service.jobs import RECOVER_TASK, JobStatus, JobStore
 from service.queue import TaskQueue
 from worker.celery_app import create_celery
 from worker.config import WorkerSettings
-from worker.tasks import stop_worker_context
+from worker.context import stop_worker_context
 
 
 def test_delivery_settings_never_lose_a_task(worker_settings: WorkerSettings) -> None:
@@ -57,7 +57,7 @@ def test_healthcheck_needs_a_live_worker_on_this_host(
     worker_settings: WorkerSettings, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from worker.celery_app import main
-    from worker.tasks import new_worker_id
+    from worker.context import new_worker_id
 
     monkeypatch.setenv("METAHMR_REDIS_URL", worker_settings.require_redis_url())
     assert main(["--healthcheck"]) == 1

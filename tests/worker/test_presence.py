@@ -13,9 +13,10 @@ import redis
 from service.embedded import EmbeddedRedis
 from service.jobs import JobStatus, JobStore
 from worker.config import WorkerSettings, default_threads
+from worker.context import WorkerContext
 from worker.pipeline import EchoPipeline
 from worker.presence import Presence
-from worker.tasks import WorkerContext, run_job
+from worker.tasks import run_job
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

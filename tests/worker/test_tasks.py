@@ -14,6 +14,7 @@ import pytest
 from service.contract import RecoverOptions
 from service.jobs import JobStatus, JobStore
 from worker.config import WorkerSettings
+from worker.context import WorkerContext
 from worker.pipeline import (
     EchoPipeline,
     PermanentJobError,
@@ -25,7 +26,6 @@ from worker.presence import Presence
 from worker.tasks import (
     PIPELINE_ERROR_MESSAGE,
     RetryLater,
-    WorkerContext,
     decode_image,
     run_job,
 )

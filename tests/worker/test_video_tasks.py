@@ -11,8 +11,9 @@ from broker_checks import send_as_the_api
 
 from service.jobs import JobRecord, JobStatus, JobStore
 from worker.config import WorkerSettings
+from worker.context import WorkerContext
 from worker.pipeline import EchoPipeline
-from worker.tasks import WorkerContext, run_job
+from worker.tasks import run_job
 
 pytest.importorskip("av")
 from training.synth.motion import encode_video  # noqa: E402
