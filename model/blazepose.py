@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -304,12 +305,19 @@ def refine_on_heatmap(xy: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 class BlazePose:
     """The detector and one landmark variant, loaded once (per worker process).
 
-    variant: "lite" | "full" | "heavy". threads: LiteRT CPU threads. directory: where the
-    .tflite files are (see `model_path`).
+    variant: "lite" | "full" | "heavy". threads: CPU threads. directory: where the .tflite
+    files are (see `model_path`). landmark_runtime: "litert" (the .tflite file) or "onnx" (the
+    shipped ONNX conversion, `model.blazepose_onnx`, in ONNX Runtime on `provider`: "cpu" or
+    "cuda"); the detector always runs in LiteRT.
     """
 
     def __init__(
-        self, variant: str = "full", threads: int = 1, directory: str | Path | None = None
+        self,
+        variant: str = "full",
+        threads: int = 1,
+        directory: str | Path | None = None,
+        landmark_runtime: str = "litert",
+        provider: str = "cpu",
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown BlazePose variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -324,9 +332,21 @@ class BlazePose:
         self.files = {"detector": model_path("detector", directory), variant: model_path(variant, directory)}
         self._detector = Interpreter(model_path=str(self.files["detector"]), num_threads=threads)
         self._detector.allocate_tensors()
-        self._landmark = Interpreter(model_path=str(self.files[variant]), num_threads=threads)
-        self._landmark.allocate_tensors()
-        self._lm_out = _outputs_by_shape(self._landmark)
+        if landmark_runtime == "onnx":
+            from model.blazepose_onnx import OnnxLandmarks, load_onnx, onnx_path
+
+            self.files[variant] = onnx_path(variant)
+            onnx = load_onnx(self.files[variant])
+            self._run_landmarks: Any = OnnxLandmarks(onnx, provider, threads)
+        elif landmark_runtime == "litert":
+            self._run_landmarks = _LiteRTLandmarks(Interpreter, self.files[variant], threads)
+        else:
+            raise ValueError(f"unknown landmark runtime {landmark_runtime!r}; valid: litert, onnx")
+        self.landmark_runtime = landmark_runtime
+        # What runs the landmark network, for logs: ONNX Runtime's providers, or LiteRT.
+        self.landmark_backend = (
+            ", ".join(self._run_landmarks.providers) if landmark_runtime == "onnx" else "LiteRT"
+        )
 
     # -- people --------------------------------------------------------------------------------
 
@@ -354,11 +374,8 @@ class BlazePose:
         raw = np.zeros((b, _RAW_LANDMARKS, 5))
         world = np.zeros((b, _RAW_LANDMARKS, 3))
         score = np.zeros(b)
-        lm = self._landmark
-        for i in range(b):  # the .tflite graph has a fixed batch of one
-            lm.set_tensor(lm.get_input_details()[0]["index"], crops[i : i + 1])
-            lm.invoke()
-            got = {k: lm.get_tensor(idx)[0] for k, idx in self._lm_out.items()}
+        for i in range(b):  # the graph has a fixed batch of one
+            got = self._run_landmarks(crops[i : i + 1])
             r = got["landmarks"].reshape(_RAW_LANDMARKS, 5).astype(np.float64)
             r[:, :3] /= LANDMARK_INPUT
             r[:, :2] = refine_on_heatmap(r[:, :2], got["heatmap"])
@@ -374,6 +391,22 @@ class BlazePose:
         found = self.detect_people(image)
         lm = self.landmarks(image, found.roi.select(range(min(len(found.roi), max_people))))
         return lm.select(np.flatnonzero(lm.score >= PRESENCE_THRESHOLD))
+
+
+class _LiteRTLandmarks:
+    """The landmark network in a LiteRT interpreter: one (1, 256, 256, 3) crop in, its
+    outputs by role (`_outputs_by_shape`) without the batch dimension out."""
+
+    def __init__(self, interpreter: Any, path: Path, threads: int) -> None:
+        self.interp = interpreter(model_path=str(path), num_threads=threads)
+        self.interp.allocate_tensors()
+        self.outputs = _outputs_by_shape(self.interp)
+        self.input = self.interp.get_input_details()[0]["index"]
+
+    def __call__(self, crop: np.ndarray) -> dict[str, np.ndarray]:
+        self.interp.set_tensor(self.input, crop)
+        self.interp.invoke()
+        return {k: self.interp.get_tensor(idx)[0] for k, idx in self.outputs.items()}
 
 
 def _outputs_by_shape(interp: object) -> dict[str, int]:

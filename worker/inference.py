@@ -109,7 +109,11 @@ def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
                     settings.blazepose, variant)  # fmt: skip
     blazepose = None
     if variant != "off":
-        blazepose = load_blazepose(variant, settings.onnx_threads, bool(model.blazepose_variant))
+        blazepose = load_blazepose(
+            variant, settings.onnx_threads, bool(model.blazepose_variant),
+            blazepose_runtime(settings.blazepose_runtime, variant, settings.onnx_provider),
+            settings.onnx_provider,
+        )  # fmt: skip
     pipeline = OnnxPipeline(
         model, body.to(device), settings.torch_threads, device, compile_tto=settings.tto_compile,
         blazepose=blazepose,
@@ -118,13 +122,28 @@ def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
     return pipeline
 
 
-def load_blazepose(variant: str, threads: int, required: bool) -> Any:
+def blazepose_runtime(setting: str, variant: str, provider: str) -> str:
+    """The landmark runtime for settings.blazepose_runtime ("auto": ONNX on a CUDA worker
+    when `variant` has a shipped ONNX file, else LiteRT)."""
+    if setting != "auto":
+        return setting
+    from model.blazepose_onnx import ONNX_DIR
+
+    shipped = (ONNX_DIR / f"pose_landmark_{variant}.onnx.xz").is_file()
+    return "onnx" if provider == "cuda" and shipped else "litert"
+
+
+def load_blazepose(
+    variant: str, threads: int, required: bool, runtime: str = "litert", provider: str = "cpu"
+) -> Any:
     """`model.blazepose.BlazePose`, or None when it is missing and not `required` (a model
     with an image backbone then falls back to its own detector, or to no keypoints)."""
     from model.blazepose import BlazePose, BlazePoseUnavailable
 
     try:
-        return BlazePose(variant, threads=threads)
+        bp = BlazePose(variant, threads=threads, landmark_runtime=runtime, provider=provider)
+        log.info("BlazePose %s: landmark network on %s", variant, bp.landmark_backend)
+        return bp
     except BlazePoseUnavailable as exc:
         if required:
             raise PipelineUnavailable(f"this model reads BlazePose {variant}: {exc}") from exc
