@@ -49,8 +49,8 @@ class WaitingTasks:
                 if message is None:
                     break
                 job_id = recover_job_id(message)
-                try:
-                    ok = job_id is not None and claim(job_id)
+                try:  # (a job sent twice, both messages here: claimed once)
+                    ok = job_id is not None and job_id not in claimed and claim(job_id)
                 except BaseException:
                     message.requeue()  # not claimed: its job waits for another task
                     raise
@@ -91,7 +91,10 @@ def recover_job_id(message: Message) -> str | None:
     the headers, the body [args, kwargs, embed]), or None for any other message."""
     if message.headers.get("task") != RECOVER_TASK:
         return None
-    body = message.decode()
+    try:
+        body = message.decode()
+    except Exception:  # not JSON (another serializer), or corrupt: not ours to run
+        return None
     args = body[0] if isinstance(body, list | tuple) and body else None
     if isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], str):
         return args[0]

@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 from broker_checks import broker_messages, published_job_ids
 from celery import Celery
+from kombu import Connection
 
 from service.config import Settings
-from service.jobs import JobError, JobStatus, JobStore
+from service.jobs import RECOVER_TASK, JobError, JobStatus, JobStore
 from service.queue import TaskQueue
 from worker.broker import WaitingTasks
 from worker.celery_app import create_celery
@@ -74,8 +75,15 @@ def test_messages_of_jobs_not_waiting_are_dropped_without_a_claim(
         store.delete(deleted)
         other = Celery("other", broker=worker_settings.broker_url, set_as_current=False)
         other.send_task("somebody.elses.task", args=["x"], queue=worker_settings.queue_name)
+        other.send_task(RECOVER_TASK, args=[queued], queue=worker_settings.queue_name)  # twice
         other.close()
-        assert broker_messages(store.client, worker_settings.queue_name) == 7
+        with Connection(worker_settings.broker_url) as conn:  # a recover task not in JSON
+            conn.Producer().publish(
+                b"\x80\x04not json", routing_key=worker_settings.queue_name,
+                content_type="application/octet-stream", content_encoding="binary",
+                headers={"task": RECOVER_TASK},
+            )  # fmt: skip
+        assert broker_messages(store.client, worker_settings.queue_name) == 9
         assert waiting.take(_claim_for(store, "w2"), 10) == [queued]
         assert broker_messages(store.client, worker_settings.queue_name) == 0
         record = store.get(running)
