@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from model.blazepose_files import VARIANTS, BlazePoseUnavailable, model_path
+from model.blazepose_onnx import RAW_LANDMARKS, OnnxLandmarks, load_onnx, onnx_path, output_roles
 
 NUM_LANDMARKS = 33  # MediaPipe Pose's own points; the network emits 39
-_RAW_LANDMARKS = 39
 DETECTOR_INPUT = 224
 LANDMARK_INPUT = 256
 HEATMAP_SIZE = 64
@@ -333,8 +333,6 @@ class BlazePose:
         self._detector = Interpreter(model_path=str(self.files["detector"]), num_threads=threads)
         self._detector.allocate_tensors()
         if landmark_runtime == "onnx":
-            from model.blazepose_onnx import OnnxLandmarks, load_onnx, onnx_path
-
             self.files[variant] = onnx_path(variant)
             onnx = load_onnx(self.files[variant])
             self._run_landmarks: Any = OnnxLandmarks(onnx, provider, threads)
@@ -371,16 +369,16 @@ class BlazePose:
         """Landmarks of the people in `roi` (B ROIs) of image (H, W, 3) uint8 RGB."""
         crops = warp(image, roi.affine(LANDMARK_INPUT), LANDMARK_INPUT)
         b = len(roi)
-        raw = np.zeros((b, _RAW_LANDMARKS, 5))
-        world = np.zeros((b, _RAW_LANDMARKS, 3))
+        raw = np.zeros((b, RAW_LANDMARKS, 5))
+        world = np.zeros((b, RAW_LANDMARKS, 3))
         score = np.zeros(b)
         for i in range(b):  # the graph has a fixed batch of one
             got = self._run_landmarks(crops[i : i + 1])
-            r = got["landmarks"].reshape(_RAW_LANDMARKS, 5).astype(np.float64)
+            r = got["landmarks"].reshape(RAW_LANDMARKS, 5).astype(np.float64)
             r[:, :3] /= LANDMARK_INPUT
             r[:, :2] = refine_on_heatmap(r[:, :2], got["heatmap"])
             raw[i] = r
-            world[i] = got["world"].reshape(_RAW_LANDMARKS, 3)
+            world[i] = got["world"].reshape(RAW_LANDMARKS, 3)
             score[i] = float(got["score"].reshape(-1)[0])
         return _to_landmarks(raw, world, score, roi)
 
@@ -410,23 +408,11 @@ class _LiteRTLandmarks:
 
 
 def _outputs_by_shape(interp: object) -> dict[str, int]:
-    """The landmark network's output tensors by what they hold (their names differ between
-    variants, their shapes do not)."""
-    names = {}
-    for d in interp.get_output_details():  # type: ignore[attr-defined]
-        shape = tuple(int(v) for v in d["shape"][1:])
-        if shape == (_RAW_LANDMARKS * 5,):
-            names["landmarks"] = d["index"]
-        elif shape == (_RAW_LANDMARKS * 3,):
-            names["world"] = d["index"]
-        elif shape == (1,):
-            names["score"] = d["index"]
-        elif len(shape) == 3 and shape[-1] == _RAW_LANDMARKS:
-            names["heatmap"] = d["index"]
-    missing = {"landmarks", "world", "score", "heatmap"} - set(names)
-    if missing:
-        raise BlazePoseUnavailable(f"not a BlazePose landmark model: no {sorted(missing)} output")
-    return names
+    """The landmark network's output tensor indices by role (`output_roles`)."""
+    details = interp.get_output_details()  # type: ignore[attr-defined]
+    roles = output_roles({d["name"]: tuple(int(v) for v in d["shape"][1:]) for d in details})
+    index = {d["name"]: d["index"] for d in details}
+    return {role: index[name] for role, name in roles.items()}
 
 
 def _crop_to_image(points: np.ndarray, roi: Roi) -> np.ndarray:

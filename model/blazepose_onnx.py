@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR = Path(__file__).resolve().parent / "assets" / "blazepose"
 MANIFEST = "manifest.json"
-_RAW_LANDMARKS = 39  # as model.blazepose: the 33 MediaPipe points + 6 auxiliary ones
+RAW_LANDMARKS = 39  # the landmark network's points: the 33 MediaPipe ones + 6 auxiliary ones
 OPSET = 17
 
 
@@ -70,13 +70,13 @@ def output_roles(shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
     variants, shapes without the batch dimension do not): role -> output name."""
     roles = {}
     for name, shape in shapes.items():
-        if shape == (_RAW_LANDMARKS * 5,):
+        if shape == (RAW_LANDMARKS * 5,):
             roles["landmarks"] = name
-        elif shape == (_RAW_LANDMARKS * 3,):
+        elif shape == (RAW_LANDMARKS * 3,):
             roles["world"] = name
         elif shape == (1,):
             roles["score"] = name
-        elif len(shape) == 3 and shape[-1] == _RAW_LANDMARKS:
+        elif len(shape) == 3 and shape[-1] == RAW_LANDMARKS:
             roles["heatmap"] = name
     missing = {"landmarks", "world", "score", "heatmap"} - set(roles)
     if missing:
