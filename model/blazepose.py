@@ -340,11 +340,8 @@ class BlazePose:
             self._run_landmarks = _LiteRTLandmarks(Interpreter, self.files[variant], threads)
         else:
             raise ValueError(f"unknown landmark runtime {landmark_runtime!r}; valid: litert, onnx")
-        self.landmark_runtime = landmark_runtime
         # What runs the landmark network, for logs: ONNX Runtime's providers, or LiteRT.
-        self.landmark_backend = (
-            ", ".join(self._run_landmarks.providers) if landmark_runtime == "onnx" else "LiteRT"
-        )
+        self.landmark_backend: str = self._run_landmarks.backend
 
     # -- people --------------------------------------------------------------------------------
 
@@ -394,6 +391,8 @@ class BlazePose:
 class _LiteRTLandmarks:
     """The landmark network in a LiteRT interpreter: one (1, 256, 256, 3) crop in, its
     outputs by role (`_outputs_by_shape`) without the batch dimension out."""
+
+    backend = "LiteRT"
 
     def __init__(self, interpreter: Any, path: Path, threads: int) -> None:
         self.interp = interpreter(model_path=str(path), num_threads=threads)

@@ -1,7 +1,8 @@
 """BlazePose's landmark network as ONNX, for workers on a GPU (ONNX Runtime's CUDA provider).
 
-LiteRT, which runs the .tflite files (`model.blazepose`), has no CUDA path, and on a CPU it is
-2-3x faster than ONNX Runtime on these graphs, so CPU workers keep it. GPU workers run the
+LiteRT, which runs the .tflite files (`model.blazepose`), has no CUDA path. On a CPU this
+conversion costs about the same CPU time in ONNX Runtime as the .tflite file in LiteRT, and CPU
+workers keep the .tflite file, which the evaluation (docs/results.md) ran. GPU workers run the
 landmark network from an ONNX file converted from the same .tflite file; the person detector
 stays on LiteRT (the converter cannot read its sparse weights) and is run once per image.
 
@@ -41,10 +42,14 @@ RAW_LANDMARKS = 39  # the landmark network's points: the 33 MediaPipe ones + 6 a
 OPSET = 17
 
 
+def onnx_file(variant: str, directory: Path = ONNX_DIR) -> Path:
+    """Where the (xz-compressed) ONNX landmark model of `variant` is, or would be."""
+    return directory / f"pose_landmark_{variant}.onnx.xz"
+
+
 def onnx_path(variant: str, directory: Path = ONNX_DIR) -> Path:
-    """The shipped (xz-compressed) ONNX landmark model of `variant`; BlazePoseUnavailable if
-    there is none."""
-    path = directory / f"pose_landmark_{variant}.onnx.xz"
+    """The shipped ONNX landmark model of `variant`; BlazePoseUnavailable if there is none."""
+    path = onnx_file(variant, directory)
     if not path.is_file():
         raise BlazePoseUnavailable(
             f"no ONNX BlazePose {variant} landmark model at {path}: convert it with "
@@ -103,10 +108,7 @@ class OnnxLandmarks:
         self.input = self.session.get_inputs()[0].name
         shapes = {o.name: tuple(int(d) for d in o.shape[1:]) for o in self.session.get_outputs()}
         self.roles = output_roles(shapes)
-
-    @property
-    def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        self.backend = ", ".join(self.session.get_providers())  # for logs
 
     def __call__(self, crop: np.ndarray) -> dict[str, np.ndarray]:
         names = list(self.roles.values())
@@ -133,8 +135,8 @@ def convert(variant: str, out: Path | None = None, check_crops: int = 4) -> Path
     source = model_path(variant)
     out = ONNX_DIR if out is None else out
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"pose_landmark_{variant}.onnx.xz"
-    tmp = out / f"pose_landmark_{variant}.tmp.onnx"
+    target = onnx_file(variant, out)
+    tmp = target.with_suffix(".tmp")
     tf2onnx.convert.from_tflite(str(source), opset=OPSET, output_path=str(tmp))
     drop_unused_outputs(tmp)
     halved = half_weights(tmp)

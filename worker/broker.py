@@ -49,16 +49,15 @@ class WaitingTasks:
                 if message is None:
                     break
                 job_id = recover_job_id(message)
-                try:  # (a job sent twice, both messages here: claimed once)
-                    ok = job_id is not None and job_id not in claimed and claim(job_id)
-                except BaseException:
-                    message.requeue()  # not claimed: its job waits for another task
-                    raise
-                if ok:
-                    assert job_id is not None
-                    claimed.append(job_id)
-                elif job_id is None:
+                if job_id is None:
                     log.warning("dropped a message in the recover queue that is not a recover task")
+                elif job_id not in claimed:  # (a job sent twice, both messages here: once)
+                    try:
+                        if claim(job_id):
+                            claimed.append(job_id)
+                    except BaseException:
+                        message.requeue()  # not claimed: its job waits for another task
+                        raise
                 message.ack()
         except Exception:
             log.warning("could not take waiting tasks from the broker", exc_info=True)

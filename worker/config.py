@@ -96,8 +96,8 @@ class WorkerSettings(JobStoreSettings, ModelSettings):
     blazepose: Literal["lite", "full", "heavy", "off"] = "full"
     # Where BlazePose's landmark network runs: "litert" (the .tflite file, CPU), "onnx" (its
     # shipped ONNX conversion, model.blazepose_onnx, on onnx_provider's device), or "auto":
-    # onnx on a CUDA worker when the variant has a shipped ONNX file, else litert (2-3x
-    # faster than ONNX Runtime on a CPU). The person detector always runs in LiteRT.
+    # onnx on a CUDA worker when the variant has a shipped ONNX file, else litert (on a CPU
+    # both cost about the same). The person detector always runs in LiteRT.
     blazepose_runtime: Literal["auto", "litert", "onnx"] = "auto"
     job_soft_time_limit_s: float = Field(default=300.0, gt=0)
     job_hard_time_limit_s: float = Field(default=330.0, gt=0)

@@ -127,10 +127,9 @@ def blazepose_runtime(setting: str, variant: str, provider: str) -> str:
     when `variant` has a shipped ONNX file, else LiteRT)."""
     if setting != "auto":
         return setting
-    from model.blazepose_onnx import ONNX_DIR
+    from model.blazepose_onnx import onnx_file
 
-    shipped = (ONNX_DIR / f"pose_landmark_{variant}.onnx.xz").is_file()
-    return "onnx" if provider == "cuda" and shipped else "litert"
+    return "onnx" if provider == "cuda" and onnx_file(variant).is_file() else "litert"
 
 
 def load_blazepose(

@@ -3,7 +3,6 @@ and every folder with weights has its model card."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -11,22 +10,8 @@ ASSETS = REPO / "model" / "assets"
 WEIGHTS = (".pt", ".npz", ".onnx", ".xz", ".tflite", ".bin", ".safetensors")
 
 
-def _tracked() -> list[Path]:
-    """The asset files git tracks (every file below ASSETS where there is no git)."""
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "model/assets"], cwd=REPO, capture_output=True, text=True,
-            check=True,
-        ).stdout.split()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return [p for p in ASSETS.rglob("*") if p.is_file()]
-    return [REPO / p for p in out if (REPO / p).is_file()] or [
-        p for p in ASSETS.rglob("*") if p.is_file()
-    ]
-
-
 def test_shipped_weights_stay_under_30_mb_and_have_model_cards() -> None:
-    weights = [p for p in _tracked() if p.name.endswith(WEIGHTS)]
+    weights = [p for p in ASSETS.rglob("*") if p.is_file() and p.name.endswith(WEIGHTS)]
     assert {p.parent.name for p in weights} >= {"default", "open_smpl", "blazepose"}
     assert sum(p.stat().st_size for p in weights) < 30_000_000
     for folder in {p.parent for p in weights}:

@@ -7,8 +7,9 @@ publish them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
 from broker_checks import broker_messages, published_job_ids
 from celery import Celery
 from kombu import Connection
@@ -27,10 +28,19 @@ def _new(store: JobStore, queue: TaskQueue) -> str:
     return job_id
 
 
-def _parts(settings: WorkerSettings, store: JobStore) -> tuple[TaskQueue, WaitingTasks]:
-    api = TaskQueue(Settings(redis_url=settings.redis_url), store)
-    waiting = WaitingTasks(settings.broker_url, settings.queue_name, 60)
-    return api, waiting
+@pytest.fixture
+def api(worker_settings: WorkerSettings, store: JobStore) -> Iterator[TaskQueue]:
+    """The API's side of the queue: publishes as the API does, and reads the depth."""
+    queue = TaskQueue(Settings(redis_url=worker_settings.redis_url), store)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def waiting(worker_settings: WorkerSettings) -> Iterator[WaitingTasks]:
+    taker = WaitingTasks(worker_settings.broker_url, worker_settings.queue_name, 60)
+    yield taker
+    taker.close()
 
 
 def _claim_for(store: JobStore, worker: str) -> Callable[[str], bool]:
@@ -38,96 +48,79 @@ def _claim_for(store: JobStore, worker: str) -> Callable[[str], bool]:
 
 
 def test_take_claims_waiting_jobs_in_order_and_leaves_the_rest(
-    worker_settings: WorkerSettings, store: JobStore
+    worker_settings: WorkerSettings, store: JobStore, api: TaskQueue, waiting: WaitingTasks
 ) -> None:
-    api, waiting = _parts(worker_settings, store)
-    try:
-        ids = [_new(store, api) for _ in range(4)]
-        rerun = store.create(b"image-bytes", {}, {}).job_id
-        create_celery(worker_settings).metahmr_requeue(rerun)  # type: ignore[attr-defined]
-        assert api.depth() == 5
-        assert waiting.take(_claim_for(store, "w1"), 3) == [rerun, *ids[:2]]
-        for job_id in (rerun, *ids[:2]):
-            record = store.get(job_id)
-            assert record is not None and record.status is JobStatus.RUNNING
-            assert record.worker == "w1" and record.attempts == 1
-        assert api.depth() == 2
-        assert published_job_ids(store.client, worker_settings.queue_name) == ids[2:]
-        assert waiting.take(_claim_for(store, "w2"), 0) == []
-        assert waiting.take(_claim_for(store, "w2"), 10) == ids[2:]
-        assert api.depth() == 0
-        assert waiting.take(_claim_for(store, "w2"), 10) == []
-    finally:
-        waiting.close()
-        api.close()
+    ids = [_new(store, api) for _ in range(4)]
+    rerun = store.create(b"image-bytes", {}, {}).job_id
+    create_celery(worker_settings).metahmr_requeue(rerun)  # type: ignore[attr-defined]
+    assert api.depth() == 5
+    assert waiting.take(_claim_for(store, "w1"), 3) == [rerun, *ids[:2]]
+    for job_id in (rerun, *ids[:2]):
+        record = store.get(job_id)
+        assert record is not None and record.status is JobStatus.RUNNING
+        assert record.worker == "w1" and record.attempts == 1
+    assert api.depth() == 2
+    assert published_job_ids(store.client, worker_settings.queue_name) == ids[2:]
+    assert waiting.take(_claim_for(store, "w2"), 0) == []
+    assert waiting.take(_claim_for(store, "w2"), 10) == ids[2:]
+    assert api.depth() == 0
+    assert waiting.take(_claim_for(store, "w2"), 10) == []
 
 
 def test_messages_of_jobs_not_waiting_are_dropped_without_a_claim(
-    worker_settings: WorkerSettings, store: JobStore
+    worker_settings: WorkerSettings, store: JobStore, api: TaskQueue, waiting: WaitingTasks
 ) -> None:
-    api, waiting = _parts(worker_settings, store)
-    try:
-        canceled, running, failed, expired, deleted, queued = (_new(store, api) for _ in range(6))
-        store.cancel(canceled)
-        store.claim(running, "w1")
-        store.fail_queued(failed, JobError("bad_input", "no"))
-        store.client.delete(f"metahmr:job:{expired}")  # its TTL ran out while queued
-        store.delete(deleted)
-        other = Celery("other", broker=worker_settings.broker_url, set_as_current=False)
-        other.send_task("somebody.elses.task", args=["x"], queue=worker_settings.queue_name)
-        other.send_task(RECOVER_TASK, args=[queued], queue=worker_settings.queue_name)  # twice
-        other.close()
-        with Connection(worker_settings.broker_url) as conn:  # a recover task not in JSON
-            conn.Producer().publish(
-                b"\x80\x04not json", routing_key=worker_settings.queue_name,
-                content_type="application/octet-stream", content_encoding="binary",
-                headers={"task": RECOVER_TASK},
-            )  # fmt: skip
-        assert broker_messages(store.client, worker_settings.queue_name) == 9
-        assert waiting.take(_claim_for(store, "w2"), 10) == [queued]
-        assert broker_messages(store.client, worker_settings.queue_name) == 0
-        record = store.get(running)
-        assert record is not None and record.worker == "w1" and record.attempts == 1
-        for job_id in (canceled, failed):
-            record = store.get(job_id)
-            assert record is not None and record.status.is_final and record.attempts == 0
-    finally:
-        waiting.close()
-        api.close()
+    canceled, running, failed, expired, deleted, queued = (_new(store, api) for _ in range(6))
+    store.cancel(canceled)
+    store.claim(running, "w1")
+    store.fail_queued(failed, JobError("bad_input", "no"))
+    store.client.delete(f"metahmr:job:{expired}")  # its TTL ran out while queued
+    store.delete(deleted)
+    other = Celery("other", broker=worker_settings.broker_url, set_as_current=False)
+    other.send_task("somebody.elses.task", args=["x"], queue=worker_settings.queue_name)
+    other.send_task(RECOVER_TASK, args=[queued], queue=worker_settings.queue_name)  # twice
+    other.close()
+    with Connection(worker_settings.broker_url) as conn:  # a recover task not in JSON
+        conn.Producer().publish(
+            b"\x80\x04not json", routing_key=worker_settings.queue_name,
+            content_type="application/octet-stream", content_encoding="binary",
+            headers={"task": RECOVER_TASK},
+        )  # fmt: skip
+    assert broker_messages(store.client, worker_settings.queue_name) == 9
+    assert waiting.take(_claim_for(store, "w2"), 10) == [queued]
+    assert broker_messages(store.client, worker_settings.queue_name) == 0
+    record = store.get(running)
+    assert record is not None and record.worker == "w1" and record.attempts == 1
+    for job_id in (canceled, failed):
+        record = store.get(job_id)
+        assert record is not None and record.status.is_final and record.attempts == 0
 
 
 def test_a_claim_that_fails_leaves_its_message_and_keeps_the_claimed_jobs(
-    worker_settings: WorkerSettings, store: JobStore
+    worker_settings: WorkerSettings, store: JobStore, api: TaskQueue, waiting: WaitingTasks
 ) -> None:
-    api, waiting = _parts(worker_settings, store)
-    try:
-        first, second, third = (_new(store, api) for _ in range(3))
+    first, second, third = (_new(store, api) for _ in range(3))
 
-        def claim(job_id: str) -> bool:
-            if job_id == second:
-                raise ConnectionError("the store went away")
-            return store.claim(job_id, "w1")[0]
+    def claim(job_id: str) -> bool:
+        if job_id == second:
+            raise ConnectionError("the store went away")
+        return store.claim(job_id, "w1")[0]
 
-        assert waiting.take(claim, 3) == [first]  # logged; what was claimed is returned
-        assert sorted(published_job_ids(store.client, worker_settings.queue_name)) == sorted(
-            [second, third]
-        )
-        record = store.get(second)
-        assert record is not None and record.status is JobStatus.QUEUED
-        # The connection was dropped after the error; the next take connects again.
-        assert sorted(waiting.take(_claim_for(store, "w1"), 3)) == sorted([second, third])
-        assert broker_messages(store.client, worker_settings.queue_name) == 0
-    finally:
-        waiting.close()
-        api.close()
+    assert waiting.take(claim, 3) == [first]  # logged; what was claimed is returned
+    assert sorted(published_job_ids(store.client, worker_settings.queue_name)) == sorted(
+        [second, third]
+    )
+    record = store.get(second)
+    assert record is not None and record.status is JobStatus.QUEUED
+    # The connection was dropped after the error; the next take connects again.
+    assert sorted(waiting.take(_claim_for(store, "w1"), 3)) == sorted([second, third])
+    assert broker_messages(store.client, worker_settings.queue_name) == 0
 
 
 def test_concurrent_takers_never_share_a_job(
-    worker_settings: WorkerSettings, store: JobStore
+    worker_settings: WorkerSettings, store: JobStore, api: TaskQueue
 ) -> None:
-    api = TaskQueue(Settings(redis_url=worker_settings.redis_url), store)
     ids = [_new(store, api) for _ in range(40)]
-    api.close()
     taken: dict[str, list[str]] = {}
 
     def take(worker: str) -> None:
@@ -152,21 +145,16 @@ def test_concurrent_takers_never_share_a_job(
 
 
 def test_a_job_put_back_is_sent_again_and_can_be_taken_again(
-    worker_settings: WorkerSettings, store: JobStore
+    worker_settings: WorkerSettings, store: JobStore, api: TaskQueue, waiting: WaitingTasks
 ) -> None:
-    api, waiting = _parts(worker_settings, store)
     requeue = create_celery(worker_settings).metahmr_requeue  # type: ignore[attr-defined]
-    try:
-        released, reaped = _new(store, api), _new(store, api)
-        assert waiting.take(_claim_for(store, "w1"), 1) == [released]
-        assert waiting.take(_claim_for(store, "dead"), 1) == [reaped]
-        assert store.release(released, "w1")
-        requeue(released)
-        assert store.reap(max_attempts=3) == [(reaped, JobStatus.QUEUED)]
-        requeue(reaped)
-        assert set(waiting.take(_claim_for(store, "w2"), 4)) == {released, reaped}
-        record = store.get(reaped)
-        assert record is not None and record.attempts == 2 and record.worker == "w2"
-    finally:
-        waiting.close()
-        api.close()
+    released, reaped = _new(store, api), _new(store, api)
+    assert waiting.take(_claim_for(store, "w1"), 1) == [released]
+    assert waiting.take(_claim_for(store, "dead"), 1) == [reaped]
+    assert store.release(released, "w1")
+    requeue(released)
+    assert store.reap(max_attempts=3) == [(reaped, JobStatus.QUEUED)]
+    requeue(reaped)
+    assert set(waiting.take(_claim_for(store, "w2"), 4)) == {released, reaped}
+    record = store.get(reaped)
+    assert record is not None and record.attempts == 2 and record.worker == "w2"
