@@ -36,3 +36,20 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
+
+
+def medians_in_turn_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time of each fn in ms, timed in turn: one call of each per round, after one
+    untimed call of each. A shared machine's speed drifts within seconds; timed in turn, the
+    functions see the same drift, so their ratios hold where separate medians would not."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * statistics.median(t) for name, t in times.items()}

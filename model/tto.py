@@ -39,9 +39,9 @@ from model.tto_step import (
     Params,
     StepBatch,
     compile_failure,
+    evaluate,
     inner_step,
     run_compiled,
-    step_loss,
 )
 
 __all__ = [
@@ -344,11 +344,10 @@ def fit_group(
         if stop.everyone:
             break
 
-    with torch.no_grad():
-        last = step_loss(
-            module, stop.kept(adam.params), batch, body, objective="2d",
-            weights=config.loss_weights, per_sample=per_sample,
-        )
+    last = evaluate(
+        module, stop.kept(adam.params), batch, body, objective="2d",
+        weights=config.loss_weights, per_sample=per_sample, compiled=compiled,
+    )
     if config.steps in record_steps:
         recorded[config.steps] = last.pred.detach()
     return GroupRun(

@@ -28,25 +28,25 @@ full-matrix Adam's to float rounding (tested).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value
 
 from model.config import LossWeights, TTOConfig
-from model.losses import LossTerms, check_finite
-from model.outputs import RegressorOutput, SMPLParams
 from model.regressor import FEATURE_LAYER
 from model.tto_step import (
     FEATURE_TERM,
     BodyModelLike,
+    FlatStep,
     Params,
     StepBatch,
     StepLoss,
+    flat_step,
     loss_and_grad,
     run_compiled,
     step_loss,
+    unflat_step,
 )
 
 WEIGHT, BIAS = f"{FEATURE_LAYER}.weight", f"{FEATURE_LAYER}.bias"
@@ -159,12 +159,8 @@ class AdamSteps:
                 self.batch, self.body, self.weights,
             )  # fmt: skip
             if out is not None:
-                self.params, self.m, self.v, (loss, per, terms, pred) = out
-                check_finite(per, "the TTO loss")  # skipped inside the graph
-                go, bp, betas, cam = pred
-                return StepLoss(
-                    loss, per, LossTerms(*terms), RegressorOutput(SMPLParams(go, bp, betas), cam)
-                )
+                self.params, self.m, self.v, flat = out
+                return unflat_step(flat)
         leaves = {n: p.requires_grad_(True) for n, p in self.params.items()}
         # autograd.grad (inside loss_and_grad), not backward(): only the adapted copies get
         # gradients (backward would also fill .grad of the regressor's own parameters).
@@ -229,17 +225,12 @@ def _compiled_step(
     batch: StepBatch,
     body: BodyModelLike,
     weights: LossWeights,
-) -> tuple[Params, Params, Params, tuple[Any, ...]]:
+) -> tuple[Params, Params, Params, FlatStep]:
     """`AdamSteps.step` for one person as one graph: loss, gradient, update."""
 
-    def loss(p: Params) -> tuple[Tensor, tuple[Any, ...]]:
-        r = step_loss(module, p, batch, body, objective="2d", weights=weights)
-        terms = tuple(getattr(r.terms, f.name).detach() for f in dataclasses.fields(r.terms))
-        prm = r.pred.params
-        pred = tuple(
-            t.detach() for t in (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
-        )
-        return r.loss, (r.loss.detach(), r.per_sample.detach(), terms, pred)
+    def loss(p: Params) -> tuple[Tensor, FlatStep]:
+        flat = flat_step(step_loss(module, p, batch, body, objective="2d", weights=weights))
+        return flat[0], (flat[0].detach(), *flat[1:])
 
     grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
     new_p, new_m, new_v = {}, {}, {}

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from model.config import LossWeights
 from model.losses import LossTerms, check_finite, loss_test_u, reprojected_keypoint_loss
@@ -173,6 +173,31 @@ def prediction_loss(
     return StepLoss(loss, per, terms, pred)
 
 
+def evaluate(
+    module: nn.Module,
+    params: Params,
+    batch: StepBatch,
+    body: BodyModelLike,
+    *,
+    objective: str,
+    weights: LossWeights,
+    per_sample: bool = False,
+    compiled: bool = False,
+) -> StepLoss:
+    """`step_loss` with no gradient (the fit's final evaluation); compiled: as a graph."""
+    with torch.no_grad():
+        if compiled:
+            flat = run_compiled(
+                _compiled_loss(objective, per_sample), params, module, batch, body, weights
+            )
+            if flat is not None:
+                return unflat_step(flat)
+        return step_loss(
+            module, params, batch, body, objective=objective, weights=weights,
+            per_sample=per_sample,
+        )
+
+
 def loss_and_grad(
     module: nn.Module,
     params: Params,
@@ -199,9 +224,7 @@ def loss_and_grad(
             _compiled_loss(objective, per_sample), params, module, batch, body, weights
         )
         if flat is not None:
-            loss, per, terms, pred = flat
-            check_finite(per, "the TTO loss")  # skipped inside the graph
-            result = StepLoss(loss, per.detach(), LossTerms(*terms), _unflat_pred(pred))
+            result = dataclasses.replace(unflat_step(flat), loss=flat[0])
     if result is None:
         result = step_loss(
             module, params, batch, body, objective=objective, weights=weights,
@@ -214,6 +237,43 @@ def loss_and_grad(
         for n, g in zip(names, grads_or_none, strict=True)
     ]
     return grads, dataclasses.replace(result, loss=result.loss.detach())
+
+
+FlatStep = tuple[Tensor, Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]
+
+
+def flat_step(r: StepLoss) -> FlatStep:
+    """A `StepLoss` as plain tensors, everything detached but the loss (a compiled graph's
+    output): (loss, per_sample, terms, (global_orient, body_pose, betas, crop_cam))."""
+    terms = tuple(getattr(r.terms, f.name).detach() for f in dataclasses.fields(r.terms))
+    prm = r.pred.params
+    pred = tuple(t.detach() for t in (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam))
+    return r.loss, r.per_sample.detach(), terms, pred
+
+
+def unflat_step(flat: FlatStep) -> StepLoss:
+    """`flat_step`'s tensors as a `StepLoss` (the loss detached), checked finite (the check
+    is skipped inside a graph)."""
+    loss, per, terms, pred = flat
+    check_finite(per, "the TTO loss")
+    go, bp, betas, cam = pred
+    return StepLoss(
+        loss.detach(), per, LossTerms(*terms), RegressorOutput(SMPLParams(go, bp, betas), cam)
+    )
+
+
+def _sgd_step(
+    params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
+    weights: LossWeights, lr: float, objective: str,
+) -> tuple[Params, FlatStep]:
+    """`inner_step` for one person as one graph: the loss, its gradient, ``w - lr * grad``."""
+
+    def loss(p: Params) -> tuple[Tensor, FlatStep]:
+        flat = flat_step(step_loss(module, p, batch, body, objective=objective, weights=weights))
+        return flat[0], (flat[0].detach(), *flat[1:])
+
+    grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
+    return {n: p.detach() - lr * grads[n] for n, p in params.items()}, flat
 
 
 _LOSSES: dict[tuple[str, bool], Callable[..., Any]] = {}
@@ -229,23 +289,16 @@ def _compiled_loss(objective: str, per_sample: bool) -> Callable[..., Any]:
         def flat(
             params: Params, module: nn.Module, batch: StepBatch, body: BodyModelLike,
             weights: LossWeights,
-        ) -> tuple[Tensor, Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
-            r = step_loss(
-                module, params, batch, body, objective=objective, weights=weights,
-                per_sample=per_sample,
+        ) -> FlatStep:
+            return flat_step(
+                step_loss(
+                    module, params, batch, body, objective=objective, weights=weights,
+                    per_sample=per_sample,
+                )
             )
-            terms = tuple(getattr(r.terms, f.name).detach() for f in dataclasses.fields(r.terms))
-            prm = r.pred.params
-            pred = (prm.global_orient, prm.body_pose, prm.betas, r.pred.crop_cam)
-            return r.loss, r.per_sample, terms, pred
 
         _LOSSES[key] = flat
     return _LOSSES[key]
-
-
-def _unflat_pred(pred: tuple[Tensor, ...]) -> RegressorOutput:
-    go, bp, betas, cam = (t.detach() for t in pred)
-    return RegressorOutput(SMPLParams(go, bp, betas), cam)
 
 
 def inner_step(
@@ -268,14 +321,19 @@ def inner_step(
     from them, in meta-training). first_order=False keeps the graph of the gradient, so an
     outer loss on w' differentiates through the step (second-order MAML); first_order=True
     treats the gradient as a constant (w' still depends on w through the identity term).
-    compiled: compute the loss and gradient as one compiled graph (`loss_and_grad`); the
-    TTO's step 0 uses it, meta-training (whose w' must stay differentiable in w) does not.
+    compiled: compute the step as compiled graphs (one person: the loss, its gradient and
+    the update as one, w' then a constant; several: `loss_and_grad`); the TTO's step 0 uses
+    it, meta-training (whose w' must stay differentiable in w) does not.
     """
     names = list(params)
     if compiled:
         if not first_order or buffers:
             raise ValueError("a compiled inner step is first-order and takes no buffers")
         plain = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        if not per_sample:  # the loss, its gradient and the update as one graph
+            out = run_compiled(_sgd_step, plain, module, batch, body, weights, lr, objective)
+            if out is not None:
+                return out[0], unflat_step(out[1])
         grad_list, result = loss_and_grad(
             module, plain, batch, body, objective=objective, weights=weights,
             per_sample=per_sample, compiled=True,

@@ -133,3 +133,13 @@ def test_lbs_has_finite_gradients_and_takes_an_empty_batch():
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     empty = lbs.lbs(torch.zeros(0, S), torch.zeros(0, J, 3, 3), **m)
     assert empty.vertices.shape == (0, P, 3) and empty.joints.shape == (0, J, 3)
+
+
+def test_small_matmul_compiled_equals_matmul() -> None:
+    """lbs.small_matmul: a broadcast product inside a compiled graph, `@` outside."""
+    a, b, v = random_rot(3, 5), random_rot(3, 5), torch.randn(3, 5, 3, 1)
+    assert torch.equal(lbs.small_matmul(a, b), a @ b)
+    compiled = torch.compile(lambda x, y, z: (lbs.small_matmul(x, y), lbs.small_matmul(x, z)))
+    rr, rv = compiled(a, b, v)
+    assert rr.shape == (3, 5, 3, 3) and rv.shape == (3, 5, 3, 1)
+    assert torch.allclose(rr, a @ b, atol=1e-6) and torch.allclose(rv, a @ v, atol=1e-6)

@@ -187,3 +187,39 @@ def test_cached_feature_term_gives_the_same_prediction() -> None:
         cached = net.head(feats, info, net.head.feature_term(feats, info))
     assert torch.equal(direct.crop_cam, cached.crop_cam)
     assert net.head.feature_term(feats, info).shape == (2, 64)
+
+
+def test_compiled_one_row_linear_is_the_layer_with_its_weight_gradient() -> None:
+    """model.regressor.linear: inside a compiled graph, one row goes through a broadcast
+    product (the TTO's compiled steps); value and weight gradient equal the layer's."""
+    from torch.func import functional_call, grad_and_value
+
+    from model.regressor import linear
+
+    torch.manual_seed(0)
+    wrap = _OneLinear(torch.nn.Linear(40, 24))
+    x = torch.randn(1, 40)
+    params = {n: p.detach() for n, p in wrap.named_parameters()}
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(wrap, p, (x,)).square().sum()
+
+    expected, value = grad_and_value(loss)(params)  # eager: the layer itself
+    grads, got = torch.compile(grad_and_value(loss))(params)
+    assert torch.allclose(got, value, rtol=1e-5)
+    for name in params:
+        assert torch.allclose(grads[name], expected[name], rtol=1e-5, atol=1e-6), name
+    # More rows (or eager): the layer itself, bit for bit.
+    xs = torch.randn(5, 40)
+    assert torch.equal(linear(wrap.layer, xs), wrap.layer(xs))
+
+
+class _OneLinear(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from model.regressor import linear
+
+        return linear(self.layer, x)
