@@ -186,16 +186,23 @@ def evaluate(
 ) -> StepLoss:
     """`step_loss` with no gradient (the fit's final evaluation); compiled: as a graph."""
     with torch.no_grad():
-        if compiled:
-            flat = run_compiled(
-                _compiled_loss(objective, per_sample), params, module, batch, body, weights
-            )
-            if flat is not None:
-                return unflat_step(flat)
-        return step_loss(
-            module, params, batch, body, objective=objective, weights=weights,
-            per_sample=per_sample,
+        return _step_loss(module, params, batch, body, objective, weights, per_sample, compiled)
+
+
+def _step_loss(
+    module: nn.Module, params: Params, batch: StepBatch, body: BodyModelLike, objective: str,
+    weights: LossWeights, per_sample: bool, compiled: bool,
+) -> StepLoss:
+    """`step_loss`, as a compiled graph when `compiled` (its loss keeps the graph's backward)."""
+    if compiled:
+        flat = run_compiled(
+            _compiled_loss(objective, per_sample), params, module, batch, body, weights
         )
+        if flat is not None:
+            return dataclasses.replace(unflat_step(flat), loss=flat[0])
+    return step_loss(
+        module, params, batch, body, objective=objective, weights=weights, per_sample=per_sample
+    )
 
 
 def loss_and_grad(
@@ -218,18 +225,7 @@ def loss_and_grad(
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
     are constants either way (no graph through them).
     """
-    result = None
-    if compiled:
-        flat = run_compiled(
-            _compiled_loss(objective, per_sample), params, module, batch, body, weights
-        )
-        if flat is not None:
-            result = dataclasses.replace(unflat_step(flat), loss=flat[0])
-    if result is None:
-        result = step_loss(
-            module, params, batch, body, objective=objective, weights=weights,
-            per_sample=per_sample,
-        )
+    result = _step_loss(module, params, batch, body, objective, weights, per_sample, compiled)
     names = list(params)
     grads_or_none = torch.autograd.grad(result.loss, [params[n] for n in names], allow_unused=True)
     grads = [
