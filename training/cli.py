@@ -195,6 +195,9 @@ def _loop_args(p: Any, lr: float, warmup: int, batch_size: int) -> None:
     g.add_argument("--vertex-weight", type=float,
                    help="weight of the vertex (L1) terms (default 0.5); 0 poses only the "
                    "joints and keypoints, about 15x faster a step on a CPU")
+    g.add_argument("--betas-weight", type=float,
+                   help="weight of the betas (MSE) term (default 0.001, the reference's, which "
+                   "leans on the vertex term to teach the shape: raise it with --vertex-weight 0)")
     g.add_argument("--steps", type=int, default=100_000)
     g.add_argument("--epochs", type=float, help="overrides --steps")
     g.add_argument("--batch-size", type=int, default=batch_size, help="per process")
@@ -274,6 +277,8 @@ def _loss_weights(args: argparse.Namespace) -> Any:
     weights = LossWeights()
     if args.vertex_weight is not None:
         weights = replace(weights, vertices=args.vertex_weight)
+    if args.betas_weight is not None:
+        weights = replace(weights, betas=args.betas_weight)
     return weights
 
 
