@@ -27,15 +27,7 @@ class BenchSettings:
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of fn() over `repeats` calls after one untimed call, in ms."""
-    fn()  # warm-up: allocator, ORT arenas, autograd caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return medians_in_turn_ms({"fn": fn}, repeats)["fn"]
 
 
 def medians_in_turn_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:

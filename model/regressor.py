@@ -138,9 +138,9 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     a matrix-vector library call per layer and iteration, and its weight gradient one outer
     product per iteration written out before the optimizer reads it. As a broadcast product
     inductor fuses the forward into its neighbouring loops and the gradient (the iterations'
-    outer products) into the update's own loop over the weight, one pass instead of several:
-    a compiled Adam step of the shipped head takes about half the time. The same maths
-    (float rounding apart); eager, and for more rows, it is the layer itself.
+    outer products) into the update's own loop over the weight, one pass instead of several
+    (a compiled Adam step of the shipped head, measured alone here: 1.0 ms before, 0.5-0.8
+    after). The same maths, float rounding apart; eager, and for more rows, the layer itself.
     """
     if torch.compiler.is_compiling() and x.shape[0] == 1:
         y = (x.unsqueeze(1) * layer.weight).sum(-1)

@@ -39,9 +39,9 @@ from model.tto_step import (
     Params,
     StepBatch,
     compile_failure,
-    evaluate,
     inner_step,
     run_compiled,
+    step_loss,
 )
 
 __all__ = [
@@ -344,10 +344,11 @@ def fit_group(
         if stop.everyone:
             break
 
-    last = evaluate(
-        module, stop.kept(adam.params), batch, body, objective="2d",
-        weights=config.loss_weights, per_sample=per_sample, compiled=compiled,
-    )
+    with torch.no_grad():
+        last = step_loss(
+            module, stop.kept(adam.params), batch, body, objective="2d",
+            weights=config.loss_weights, per_sample=per_sample, compiled=compiled,
+        )
     if config.steps in record_steps:
         recorded[config.steps] = last.pred.detach()
     return GroupRun(
@@ -380,10 +381,6 @@ class _EarlyStop:
 
     def update(self, losses: Tensor, params: Params) -> None:
         """After an Adam step whose forward gave `losses` (P,)."""
-        if self.threshold <= 0:  # no one stops: skip the comparison and its sync
-            self.steps_run += 1
-            self.history.append(losses)
-            return
         running = ~self.stopped
         self.steps_run += running.long()
         self.history.append(losses)

@@ -31,7 +31,6 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value
 
 from model.config import LossWeights, TTOConfig
 from model.regressor import FEATURE_LAYER
@@ -42,10 +41,9 @@ from model.tto_step import (
     Params,
     StepBatch,
     StepLoss,
-    flat_step,
+    grad_and_flat,
     loss_and_grad,
     run_compiled,
-    step_loss,
     unflat_step,
 )
 
@@ -228,11 +226,7 @@ def _compiled_step(
 ) -> tuple[Params, Params, Params, FlatStep]:
     """`AdamSteps.step` for one person as one graph: loss, gradient, update."""
 
-    def loss(p: Params) -> tuple[Tensor, FlatStep]:
-        flat = flat_step(step_loss(module, p, batch, body, objective="2d", weights=weights))
-        return flat[0], (flat[0].detach(), *flat[1:])
-
-    grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
+    grads, flat = grad_and_flat(module, params, batch, body, weights, "2d")
     new_p, new_m, new_v = {}, {}, {}
     for n, p in params.items():
         new_p[n], new_m[n], new_v[n] = adam_update(

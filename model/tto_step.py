@@ -116,6 +116,7 @@ def step_loss(
     weights: LossWeights,
     buffers: Params | None = None,
     per_sample: bool = False,
+    compiled: bool = False,
 ) -> StepLoss:
     """The TTO objective of a prediction with `params`.
 
@@ -123,7 +124,17 @@ def step_loss(
     unweighted 2D keypoint loss, what the Adam steps minimise).
     The loss to differentiate is the batch mean, or with per_sample the sum of per-person
     losses (so each person's gradient is that person's own).
+    compiled: the prediction and the loss as one `torch.compile`d graph (no buffers), whose
+    loss differentiates through the graph's compiled backward.
     """
+    if compiled:
+        if buffers:
+            raise ValueError("a compiled step loss takes no buffers")
+        flat = run_compiled(
+            _compiled_loss(objective, per_sample), params, module, batch, body, weights
+        )
+        if flat is not None:
+            return unflat_step(flat)
     pred = predict(module, params, batch.args, buffers, per_sample)
     return prediction_loss(
         pred, batch, body, objective=objective, weights=weights, per_sample=per_sample
@@ -173,38 +184,6 @@ def prediction_loss(
     return StepLoss(loss, per, terms, pred)
 
 
-def evaluate(
-    module: nn.Module,
-    params: Params,
-    batch: StepBatch,
-    body: BodyModelLike,
-    *,
-    objective: str,
-    weights: LossWeights,
-    per_sample: bool = False,
-    compiled: bool = False,
-) -> StepLoss:
-    """`step_loss` with no gradient (the fit's final evaluation); compiled: as a graph."""
-    with torch.no_grad():
-        return _step_loss(module, params, batch, body, objective, weights, per_sample, compiled)
-
-
-def _step_loss(
-    module: nn.Module, params: Params, batch: StepBatch, body: BodyModelLike, objective: str,
-    weights: LossWeights, per_sample: bool, compiled: bool,
-) -> StepLoss:
-    """`step_loss`, as a compiled graph when `compiled` (its loss keeps the graph's backward)."""
-    if compiled:
-        flat = run_compiled(
-            _compiled_loss(objective, per_sample), params, module, batch, body, weights
-        )
-        if flat is not None:
-            return dataclasses.replace(unflat_step(flat), loss=flat[0])
-    return step_loss(
-        module, params, batch, body, objective=objective, weights=weights, per_sample=per_sample
-    )
-
-
 def loss_and_grad(
     module: nn.Module,
     params: Params,
@@ -225,7 +204,10 @@ def loss_and_grad(
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
     are constants either way (no graph through them).
     """
-    result = _step_loss(module, params, batch, body, objective, weights, per_sample, compiled)
+    result = step_loss(
+        module, params, batch, body, objective=objective, weights=weights,
+        per_sample=per_sample, compiled=compiled,
+    )
     names = list(params)
     grads_or_none = torch.autograd.grad(result.loss, [params[n] for n in names], allow_unused=True)
     grads = [
@@ -248,14 +230,27 @@ def flat_step(r: StepLoss) -> FlatStep:
 
 
 def unflat_step(flat: FlatStep) -> StepLoss:
-    """`flat_step`'s tensors as a `StepLoss` (the loss detached), checked finite (the check
-    is skipped inside a graph)."""
+    """`flat_step`'s tensors as a `StepLoss`, checked finite (the check is skipped inside a
+    graph)."""
     loss, per, terms, pred = flat
     check_finite(per, "the TTO loss")
     go, bp, betas, cam = pred
-    return StepLoss(
-        loss.detach(), per, LossTerms(*terms), RegressorOutput(SMPLParams(go, bp, betas), cam)
-    )
+    return StepLoss(loss, per, LossTerms(*terms), RegressorOutput(SMPLParams(go, bp, betas), cam))
+
+
+def grad_and_flat(
+    module: nn.Module, params: Params, batch: StepBatch, body: BodyModelLike,
+    weights: LossWeights, objective: str,
+) -> tuple[Params, FlatStep]:
+    """Inside a compiled update graph (one person): the gradient of `step_loss` with respect
+    to each of `params`, and the step as `flat_step` (its loss detached)."""
+
+    def loss(p: Params) -> tuple[Tensor, FlatStep]:
+        flat = flat_step(step_loss(module, p, batch, body, objective=objective, weights=weights))
+        return flat[0], (flat[0].detach(), *flat[1:])
+
+    grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
+    return grads, flat
 
 
 def _sgd_step(
@@ -263,12 +258,7 @@ def _sgd_step(
     weights: LossWeights, lr: float, objective: str,
 ) -> tuple[Params, FlatStep]:
     """`inner_step` for one person as one graph: the loss, its gradient, ``w - lr * grad``."""
-
-    def loss(p: Params) -> tuple[Tensor, FlatStep]:
-        flat = flat_step(step_loss(module, p, batch, body, objective=objective, weights=weights))
-        return flat[0], (flat[0].detach(), *flat[1:])
-
-    grads, (_, flat) = grad_and_value(loss, has_aux=True)(params)
+    grads, flat = grad_and_flat(module, params, batch, body, weights, objective)
     return {n: p.detach() - lr * grads[n] for n, p in params.items()}, flat
 
 

@@ -143,3 +143,13 @@ def test_small_matmul_compiled_equals_matmul() -> None:
     rr, rv = compiled(a, b, v)
     assert rr.shape == (3, 5, 3, 3) and rv.shape == (3, 5, 3, 1)
     assert torch.allclose(rr, a @ b, atol=1e-6) and torch.allclose(rv, a @ v, atol=1e-6)
+    # Captured, the compiled graph holds broadcast products, no matrix product.
+    names: set[str] = set()
+
+    def backend(gm, _inputs):  # type: ignore[no-untyped-def]
+        names.update(getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(lambda x, y: lbs.small_matmul(x, y), backend=backend)(a, b)
+    assert "mul" in names and not names & {"matmul", "bmm", "__matmul__"}

@@ -209,9 +209,25 @@ def test_compiled_one_row_linear_is_the_layer_with_its_weight_gradient() -> None
     assert torch.allclose(got, value, rtol=1e-5)
     for name in params:
         assert torch.allclose(grads[name], expected[name], rtol=1e-5, atol=1e-6), name
+    # The compiled graph holds a broadcast product for one row, the layer for more.
+    assert "linear" not in _compiled_ops(wrap, x) and "mul" in _compiled_ops(wrap, x)
+    assert "linear" in _compiled_ops(wrap, torch.randn(5, 40))
     # More rows (or eager): the layer itself, bit for bit.
     xs = torch.randn(5, 40)
     assert torch.equal(linear(wrap.layer, xs), wrap.layer(xs))
+
+
+def _compiled_ops(module: torch.nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of the functions in the graph torch.compile captures for module(x)."""
+    names: set[str] = set()
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+        names.update(getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(module, backend=backend)(x)
+    return names
 
 
 class _OneLinear(torch.nn.Module):
