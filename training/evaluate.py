@@ -47,6 +47,8 @@ from training.batches import batch_crop, network_input
 from training.config import KEYPOINT_SOURCES, METHODS, EvalConfig
 from training.datasets import HMRBatch, collate_samples
 from training.distributed import resolve_device
+from training.eval_families import family_report, split_families
+from training.eval_families import markdown_section as family_section
 from training.features import is_feature_cache
 from training.keypoint_noise import detector_noise
 from training.metrics import SampleErrors, mpjpe, pa_mpjpe, pck, pve
@@ -86,6 +88,7 @@ class EvalResult:
     samples: dict[str, int]
     real: dict[str, Any] | None = None  # per method, `RealScores.to_json()`; None: no split
     real_md: str = ""
+    families: dict[str, Any] | None = None  # `training.eval_families.family_report`
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -230,10 +233,12 @@ def evaluate(
     errors: dict[tuple[str, str, str, str, int], list[SampleErrors]] = defaultdict(list)
     samples = {}
     timing: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    families: dict[str, list[np.ndarray]] = {}  # per split, each batch's pose families
     for split_index, (split, folder) in enumerate(config.splits.items()):
         gen = torch.Generator().manual_seed(config.seed * 1000 + split_index)
         loader = _loader(folder, config)
         samples[split] = 0
+        split_fams = split_families(folder)
         for batch in _progress(loader, config, split):
             if batch.batch_size == 0:
                 continue
@@ -246,6 +251,8 @@ def evaluate(
                 keypoints["detector"] = cached_keypoints(folder, batch).to(device)
             for key, err in _batch_errors(methods, batch, keypoints, body, scopes, steps, timing):
                 errors[(split, *key)].append(err)
+            if split_fams is not None:
+                families.setdefault(split, []).append(split_fams[batch.index.cpu().numpy()])
     rows = _rows(errors, list(config.splits))
     model = _model_info(methods, body, scopes)
     info = _method_info(methods)
@@ -254,7 +261,8 @@ def evaluate(
         per_scope[scope] = round(1000 * seconds / max(people, 1), 2)
         info[name]["tto_steps_timed"] = max(steps)
     real, real_md = _real_split(config, methods, body)
-    return EvalResult(rows, model, info, samples, real, real_md)
+    by_family = family_report(errors, families, config.table_steps) if families else None
+    return EvalResult(rows, model, info, samples, real, real_md, by_family)
 
 
 def _real_split(
@@ -395,6 +403,8 @@ def write_report(result: EvalResult, out_dir: str | Path, table_steps: int = 14)
                "rows": result.rows}
     if result.real is not None:
         payload["real"] = result.real
+    if result.families is not None:
+        payload["families"] = result.families
     json_path = out / RESULTS_JSON
     motion = _kept_motion(json_path)  # the motion split (`eval --motion`) is written apart
     if motion is not None:
@@ -482,6 +492,8 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
             "PA-MPJPE of the limb joints on the Human3.6M frames.", "",
             result.real_md,
         ]  # fmt: skip
+    if result.families is not None:
+        lines += ["", "## Pose families", "", family_section(result.families)]
     lines += ["", "## Error against TTO steps", "", f"![steps vs error]({plot_name})", ""]
     return "\n".join(lines)
 

@@ -283,6 +283,47 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert "### Keypoints: noisy_gt" in text and "| meta-dual |" in text
 
 
+def test_eval_breaks_the_noisy_keypoint_errors_down_by_pose_family(data, body, tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from training.eval_families import split_families
+
+    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
+                           tmp_path / "m.pt")
+    config = EvalConfig(
+        checkpoints={"regression": str(path), "eft": str(path)}, splits={"test": str(data)},
+        keypoints=("noisy_gt",), steps=(0, 2), table_steps=14, batch_size=3, workers=0,
+        limit=5, progress=False, out_dir=str(tmp_path / "docs"),
+    )
+    result = evaluate(config, body=body)
+    fams = split_families(data)
+    with np.load(HMRDataset(data).files[0].path) as ann:
+        assert list(fams) == [str(f) for f in ann["family"]]
+    entry = result.families["test"]
+    assert entry["steps"] == 2
+    assert entry["counts"] == {f: int((fams[:5] == f).sum()) for f in set(fams[:5])}
+    # The families' means, weighted by their people, give back the split's row.
+    for method, k in (("regression", 0), ("eft", 2)):
+        row = next(r for r in result.rows if (r["method"], r["steps"]) == (method, k))
+        for metric in ("mpjpe", "pa_mpjpe"):
+            per = entry[metric][method]
+            mean = sum(per[f] * n for f, n in entry["counts"].items()) / 5
+            assert abs(mean - row[metric]) < 0.06
+    paths = write_report(result, config.out_dir, config.table_steps)
+    assert json.loads(paths[0].read_text())["families"] == json.loads(json.dumps(result.families))
+    md = paths[1].read_text()
+    assert "## Pose families" in md and "**test** (2 Adam steps)" in md
+    assert f"| {max(entry['counts'], key=entry['counts'].get)} |" in md
+    # An annotation file without families (a real data set's) gives none.
+    src = HMRDataset(data).files[0].path
+    with np.load(src) as ann:
+        arrays = {k: ann[k] for k in ann.files if k != "family"}
+    np.savez(tmp_path / "real.npz", **arrays)
+    assert split_families(tmp_path / "real.npz") is None
+
+
 def test_eval_compares_scopes_with_rows_and_timings_for_each(data, body, tmp_path) -> None:
     path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
                            tmp_path / "m.pt")

@@ -1,0 +1,108 @@
+"""`metahmr eval`'s errors by pose family: which kinds of pose a split's error comes from.
+
+The synthetic engine writes each person's pose family (`standing`, `acrobatic`, ...) into its
+annotation file (`family`); a feature cache finds it through the sources in its manifest.
+The report gives, per split and method, the mean MPJPE and PA-MPJPE of each family at the
+table's step count, with the ground-truth-plus-noise keypoints (the protocol's main table).
+Splits without families (real data sets in the SPIN/CLIFF layout) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.datasets import HMRDataset
+from training.features import MANIFEST, is_feature_cache
+from training.metrics import SampleErrors
+
+SOURCE = "noisy_gt"
+FAMILY_METRICS = ("mpjpe", "pa_mpjpe")
+
+
+def split_families(folder: str | Path) -> np.ndarray | None:
+    """(N,) each sample's pose family, by dataset index; None when the split has none."""
+    folder = Path(folder)
+    if is_feature_cache(folder):
+        sources = json.loads((folder / MANIFEST).read_text())["sources"]
+    else:
+        sources = [str(folder)]
+    parts = []
+    for ann in HMRDataset(sources).files:
+        with np.load(ann.path, allow_pickle=False) as data:
+            if "family" not in data.files:
+                return None
+            parts.append(np.asarray(data["family"]).astype(str))
+    return np.concatenate(parts) if parts else None
+
+
+def family_report(
+    errors: dict[tuple[str, str, str, str, int], list[SampleErrors]],
+    families: dict[str, list[np.ndarray]],
+    steps: int,
+) -> dict[str, Any]:
+    """{split: {"steps", "counts": {family: n}, metric: {method: {family: mean}}}} for the
+    splits with families; errors as `evaluate` collects them (per batch, in the order the
+    families were appended), each method at the largest recorded step count <= steps."""
+    out: dict[str, Any] = {}
+    for split, parts in families.items():
+        fam = np.concatenate(parts)
+        names = sorted(set(fam.tolist()))
+        chosen = {key: SampleErrors.cat(errs) for key, errs in _at_steps(errors, split, steps).items()}
+        entry: dict[str, Any] = {
+            "steps": max((key[4] for key in chosen), default=0),
+            "counts": {f: int((fam == f).sum()) for f in names},
+        }
+        for metric in FAMILY_METRICS:
+            entry[metric] = {
+                _label(key): {
+                    f: round(float(getattr(cat, metric).numpy()[fam == f].mean()), 1)
+                    for f in names
+                }
+                for key, cat in chosen.items()
+            }
+        out[split] = entry
+    return out
+
+
+def _label(key: tuple[str, str, str, str, int]) -> str:
+    method, scope = key[2], key[3]
+    return method if scope in ("none", "head") else f"{method} ({scope})"
+
+
+def _at_steps(
+    errors: dict[tuple[str, str, str, str, int], list[SampleErrors]], split: str, steps: int
+) -> dict[tuple[str, str, str, str, int], list[SampleErrors]]:
+    """The split's noisy-keypoint errors, per (method, scope) the largest step count <= steps."""
+    best: dict[tuple[str, str], tuple[str, str, str, str, int]] = {}
+    for key in errors:
+        s, source, method, scope, k = key
+        if s != split or source != SOURCE:
+            continue
+        kept = best.get((method, scope))
+        if k <= steps and (kept is None or k > kept[4]):
+            best[(method, scope)] = key
+    return {key: errors[key] for key in best.values()}
+
+
+def markdown_section(report: dict[str, Any]) -> str:
+    """One table per split: family, people, PA-MPJPE of each method (MPJPE in brackets)."""
+    lines = [
+        "Mean PA-MPJPE (MPJPE) in mm by the synthetic engine's pose family, keypoints "
+        f"`{SOURCE}`; per split at the table's step count.",
+    ]
+    for split, entry in report.items():
+        methods = list(entry["pa_mpjpe"])
+        lines += ["", f"**{split}** ({entry['steps']} Adam steps)", ""]
+        header = ["family", "people", *methods]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for fam, n in sorted(entry["counts"].items(), key=lambda kv: -kv[1]):
+            cells = [fam, str(n)] + [
+                f"{entry['pa_mpjpe'][m][fam]:.1f} ({entry['mpjpe'][m][fam]:.1f})"
+                for m in methods
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
