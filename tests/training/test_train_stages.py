@@ -283,6 +283,15 @@ def test_eval_writes_results_rows_with_the_schema(data, body, tmp_path) -> None:
     assert "### Keypoints: noisy_gt" in text and "| meta-dual |" in text
 
 
+def _noisy_test_eval(data: Path, body, tmp_path: Path, methods: tuple[str, ...], **kw) -> EvalConfig:
+    """An eval of a random tiny checkpoint as every method, on `data` as the test split, with
+    the noisy ground-truth keypoints only."""
+    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
+                           tmp_path / "m.pt")
+    return EvalConfig(checkpoints=dict.fromkeys(methods, str(path)), splits={"test": str(data)},
+                      keypoints=("noisy_gt",), workers=0, progress=False, **kw)
+
+
 def test_eval_breaks_the_noisy_keypoint_errors_down_by_pose_family(data, body, tmp_path) -> None:
     import json
 
@@ -290,13 +299,8 @@ def test_eval_breaks_the_noisy_keypoint_errors_down_by_pose_family(data, body, t
 
     from training.eval_families import split_families
 
-    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
-                           tmp_path / "m.pt")
-    config = EvalConfig(
-        checkpoints={"regression": str(path), "eft": str(path)}, splits={"test": str(data)},
-        keypoints=("noisy_gt",), steps=(0, 2), table_steps=14, batch_size=3, workers=0,
-        limit=5, progress=False, out_dir=str(tmp_path / "docs"),
-    )
+    config = _noisy_test_eval(data, body, tmp_path, ("regression", "eft"), steps=(0, 2),
+                              batch_size=3, limit=5, out_dir=str(tmp_path / "docs"))
     result = evaluate(config, body=body)
     fams = split_families(data)
     with np.load(HMRDataset(data).files[0].path) as ann:
@@ -325,13 +329,8 @@ def test_eval_breaks_the_noisy_keypoint_errors_down_by_pose_family(data, body, t
 
 
 def test_eval_compares_scopes_with_rows_and_timings_for_each(data, body, tmp_path) -> None:
-    path = save_checkpoint(random_checkpoint(TINY, with_detector=False, body_model_id=body.id),
-                           tmp_path / "m.pt")
-    config = EvalConfig(
-        checkpoints={"regression": str(path), "meta-dual": str(path)}, splits={"test": str(data)},
-        keypoints=("noisy_gt",), steps=(0, 1), batch_size=4, workers=0, limit=4,
-        progress=False, scope="head,full",
-    )
+    config = _noisy_test_eval(data, body, tmp_path, ("regression", "meta-dual"), steps=(0, 1),
+                              batch_size=4, limit=4, scope="head,full")
     result = evaluate(config, body=body)
     scopes = {(r["method"], r["scope"], r["steps"]) for r in result.rows}
     assert scopes == {("regression", "none", 0), ("meta-dual", "head", 0), ("meta-dual", "head", 1),
