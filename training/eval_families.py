@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from training.datasets import HMRDataset
+from training.datasets import annotation_files
 from training.features import MANIFEST, is_feature_cache
 from training.metrics import SampleErrors
 
@@ -31,8 +31,8 @@ def split_families(folder: str | Path) -> np.ndarray | None:
     else:
         sources = [str(folder)]
     parts = []
-    for ann in HMRDataset(sources).files:
-        with np.load(ann.path, allow_pickle=False) as data:
+    for path in (f for source in sources for f in annotation_files(source)):
+        with np.load(path, allow_pickle=False) as data:
             if "family" not in data.files:
                 return None
             parts.append(np.asarray(data["family"]).astype(str))
@@ -42,50 +42,28 @@ def split_families(folder: str | Path) -> np.ndarray | None:
 def family_report(
     errors: dict[tuple[str, str, str, str, int], list[SampleErrors]],
     families: dict[str, list[np.ndarray]],
-    steps: int,
+    shown: int,
 ) -> dict[str, Any]:
     """{split: {"steps", "counts": {family: n}, metric: {method: {family: mean}}}} for the
     splits with families; errors as `evaluate` collects them (per batch, in the order the
-    families were appended), each method at the largest recorded step count <= steps."""
+    families were appended). shown: the TTO step count the tables show (`table_step`)."""
     out: dict[str, Any] = {}
     for split, parts in families.items():
         fam = np.concatenate(parts)
         names = sorted(set(fam.tolist()))
-        chosen = {key: SampleErrors.cat(errs) for key, errs in _at_steps(errors, split, steps).items()}
-        entry: dict[str, Any] = {
-            "steps": max((key[4] for key in chosen), default=0),
-            "counts": {f: int((fam == f).sum()) for f in names},
-        }
-        for metric in FAMILY_METRICS:
-            entry[metric] = {
-                _label(key): {
-                    f: round(float(getattr(cat, metric).numpy()[fam == f].mean()), 1)
-                    for f in names
-                }
-                for key, cat in chosen.items()
-            }
+        masks = {f: fam == f for f in names}
+        entry: dict[str, Any] = {"steps": shown, "counts": {f: int(m.sum()) for f, m in masks.items()}}
+        entry.update({metric: {} for metric in FAMILY_METRICS})
+        for (s, source, method, scope, k), errs in errors.items():
+            if s != split or source != SOURCE or k != (0 if scope == "none" else shown):
+                continue
+            cat = SampleErrors.cat(errs)
+            label = method if scope in ("none", "head") else f"{method} ({scope})"
+            for metric in FAMILY_METRICS:
+                values = getattr(cat, metric).numpy()
+                entry[metric][label] = {f: round(float(values[m].mean()), 1) for f, m in masks.items()}
         out[split] = entry
     return out
-
-
-def _label(key: tuple[str, str, str, str, int]) -> str:
-    method, scope = key[2], key[3]
-    return method if scope in ("none", "head") else f"{method} ({scope})"
-
-
-def _at_steps(
-    errors: dict[tuple[str, str, str, str, int], list[SampleErrors]], split: str, steps: int
-) -> dict[tuple[str, str, str, str, int], list[SampleErrors]]:
-    """The split's noisy-keypoint errors, per (method, scope) the largest step count <= steps."""
-    best: dict[tuple[str, str], tuple[str, str, str, str, int]] = {}
-    for key in errors:
-        s, source, method, scope, k = key
-        if s != split or source != SOURCE:
-            continue
-        kept = best.get((method, scope))
-        if k <= steps and (kept is None or k > kept[4]):
-            best[(method, scope)] = key
-    return {key: errors[key] for key in best.values()}
 
 
 def markdown_section(report: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,8 @@ def evaluate(
         per_scope[scope] = round(1000 * seconds / max(people, 1), 2)
         info[name]["tto_steps_timed"] = max(steps)
     real, real_md = _real_split(config, methods, body)
-    by_family = family_report(errors, families, config.table_steps) if families else None
+    shown = table_step(steps, config.table_steps)
+    by_family = family_report(errors, families, shown) if families else None
     return EvalResult(rows, model, info, samples, real, real_md, by_family)
 
 
@@ -442,14 +444,18 @@ def _row_at(
     return max(below, key=lambda r: r["steps"]) if below else None
 
 
+def table_step(steps: Iterable[int], table_steps: int) -> int:
+    """The TTO step count the tables show: the largest evaluated one <= table_steps."""
+    return max([s for s in steps if s <= table_steps], default=0)
+
+
 def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str:
     rows = result.rows
     splits = list(dict.fromkeys(r["split"] for r in rows))
     sources = list(dict.fromkeys(r["keypoints"] for r in rows))
     entries = list(dict.fromkeys((r["method"], r["scope"]) for r in rows))
     several = len({scope for _, scope in entries if scope != "none"}) > 1
-    tto_steps = sorted({r["steps"] for r in rows if r["method"] != "regression"})
-    shown = max([s for s in tto_steps if s <= table_steps], default=0)
+    shown = table_step([r["steps"] for r in rows if r["method"] != "regression"], table_steps)
     m = result.model
     lines = [
         "# Results",
