@@ -185,15 +185,19 @@ def forward_kinematics(rot: Tensor, joints: Tensor, tree: KinematicTree) -> Rigi
     rel = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, tree.parents[1:]]], dim=1)
     bottom = rot.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(b, j, 1, 4)
     local = torch.cat([torch.cat([rot, rel[..., None]], dim=-1), bottom], dim=-2)[:, tree.order]
-    levels: list[Tensor] = [local[:, :1]]  # level 0: the root alone
-    for start, end, span in tree.levels:
+    # One split, not a slice per level: its backward is one concatenation instead of a
+    # zero-filled copy of `local` per level, summed.
+    parts = local.split([1] + [end - start for start, end, _ in tree.levels], dim=1)
+    levels: list[Tensor] = [parts[0]]  # level 0: the root alone
+    for (start, end, span), part in zip(tree.levels, parts[1:], strict=True):
         if span is None:
             parent = levels[-1][:, tree.parent_slot[start:end]]
         else:  # a run of the level before; a single parent broadcasts in the product
             parent = levels[-1][:, span[0] : span[1]]
-        levels.append(small_matmul(parent, local[:, start:end]))
+        levels.append(small_matmul(parent, part))
     world = torch.cat(levels, dim=1)[:, tree.inverse]
-    world_r, posed = world[..., :3, :3], world[..., :3, 3]
+    world_r, posed = world[..., :3, :].split((3, 1), dim=-1)
+    posed = posed[..., 0]
     # A rest point x goes to R (x - j_rest) + j_posed.
     skin_t = posed - small_matmul(world_r, joints[..., None])[..., 0]
     return RigidTransforms(joints=posed, rotations=world_r, translations=skin_t)
