@@ -453,13 +453,13 @@ def _real_folder(args: argparse.Namespace) -> str | None:
 
 
 def _register_tune(sub: Any) -> None:
-    from training.tune import DEFAULT_LRS, TUNABLE
+    from training.tune import DEFAULT_BETA1S, DEFAULT_LRS, TUNABLE
 
     tune = sub.add_parser(
         "tune", help="choose a checkpoint's TTO learning rates on a validation split",
         description="Run one method's TTO on a validation split for each candidate learning "
-        "rate, keep the one with the lowest PA-MPJPE, write it into the checkpoint and a "
-        "section of the tuning report.",
+        "rate and Adam beta1, keep the pair with the lowest PA-MPJPE, write it into the "
+        "checkpoint and a section of the tuning report.",
     )
     tune.add_argument("--checkpoint", required=True, type=Path)
     tune.add_argument("--method", required=True, choices=TUNABLE,
@@ -467,6 +467,9 @@ def _register_tune(sub: Any) -> None:
     tune.add_argument("--val", required=True, type=Path, help="validation split folder")
     tune.add_argument("--lrs", default=",".join(f"{v:g}" for v in DEFAULT_LRS),
                       help="comma-separated candidate learning rates")
+    tune.add_argument("--beta1s", default=",".join(f"{v:g}" for v in DEFAULT_BETA1S),
+                      help="comma-separated candidate Adam momenta (beta1), each tried with "
+                      "each rate")
     tune.add_argument("--steps", type=int, default=14, help="Adam steps the error is taken at")
     tune.add_argument("--limit", type=int, default=256, help="validation samples (0 = all)")
     tune.add_argument("--out", type=Path, help="tuned checkpoint (default: in place)")
@@ -489,8 +492,10 @@ def _tune(args: argparse.Namespace) -> int | list[DocSection]:
         torch.set_num_threads(args.threads)
     try:
         lrs = tuple(float(v) for v in args.lrs.split(",") if v)
+        beta1s = tuple(float(v) for v in args.beta1s.split(",") if v)
         config = TuneConfig(
             checkpoint=str(args.checkpoint), method=args.method, val=str(args.val), lrs=lrs,
+            beta1s=beta1s,
             steps=args.steps, limit=args.limit or None, batch_size=args.batch_size,
             workers=args.workers, device=args.device, head_subset=args.head_subset,
         )

@@ -402,6 +402,31 @@ def test_tune_of_a_meta_checkpoint_keeps_its_step_zero_rate(pretrained, data, bo
         TuneConfig(str(path), "regression", str(data))
 
 
+def test_tune_tries_every_rate_with_every_adam_beta1_and_keeps_the_best_pair(
+    pretrained, data, body, tmp_path
+) -> None:
+    from training.tune import TuneConfig
+
+    report = tmp_path / "tuning.md"
+    out = tmp_path / "tuned.pt"
+    assert _tune_command(pretrained, data, out, report, "--lrs", "1e-9,3e-3",
+                         "--beta1s", "0.9,0", "--steps", "3", "--limit", "8") == 0
+    tuned = load_checkpoint(out)
+    tuning = tuned.extra["tto_tuning"]
+    pairs = [(r["lr"], r["beta1"]) for r in tuning["rows"]]
+    assert pairs == [(1e-9, 0.9), (3e-3, 0.9), (1e-9, 0.0), (3e-3, 0.0)]
+    best = min(tuning["rows"], key=lambda r: r["pa_mpjpe"])
+    assert (tuning["best_lr"], tuning["best_beta1"]) == (best["lr"], best["beta1"])
+    assert tuned.tto.adam_betas == (best["beta1"], load_checkpoint(pretrained).tto.adam_betas[1])
+    # beta1 changes the fit: at 3e-3 the two momenta end in different places.
+    by_pair = {(r["lr"], r["beta1"]): r["pa_mpjpe"] for r in tuning["rows"]}
+    assert by_pair[(3e-3, 0.9)] != by_pair[(3e-3, 0.0)]
+    text = report.read_text()
+    assert "| lr | Adam beta1 |" in text and "| 0.003 | 0 |" in text and text.count("| kept |") == 1
+    with pytest.raises(ValueError, match="beta1s"):
+        TuneConfig(str(pretrained), "eft", str(data), beta1s=(1.0,))
+
+
 def test_tune_with_another_head_subset_keeps_it_and_names_its_section(
     pretrained, data, body, tmp_path
 ) -> None:
