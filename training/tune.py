@@ -59,9 +59,9 @@ REPORT_HEADER = (
 class TuneConfig:
     """checkpoint: the .pt to tune. method: how it is used ("eft", "meta", "meta-dual").
     val: validation split folder. lrs: candidate rates. beta1s: candidate Adam momenta (each
-    rate is tried with each). steps: Adam steps the error is measured at. limit: at most this many validation samples. head_subset: tune (and keep)
-    the TTO with this set of adapted head weights ("all" or "output"; None = the
-    checkpoint's own)."""
+    rate is tried with each). steps: Adam steps the error is measured at. limit: at most
+    this many validation samples. head_subset: tune (and keep) the TTO with this set of
+    adapted head weights ("all" or "output"; None = the checkpoint's own)."""
 
     checkpoint: str
     method: str
@@ -92,8 +92,7 @@ class TuneConfig:
 @dataclass(frozen=True)
 class TuneResult:
     """rows: one per candidate ({"lr", "beta1", "sgd_lr", "adam_lr", "mpjpe", "pa_mpjpe",
-    ...});
-    best: the kept row; baseline: the same metrics of f_w's regression, without TTO."""
+    ...}); best: the kept row; baseline: the same metrics of f_w's regression, without TTO."""
 
     rows: list[dict[str, Any]]
     best: dict[str, Any]
