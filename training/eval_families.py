@@ -39,6 +39,12 @@ def split_families(folder: str | Path) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
 
 
+def entry_label(method: str, scope: str, several: bool) -> str:
+    """A results row's name: the method, with its TTO scope when several scopes are compared
+    (`several`); the name the results tables and the family tables both use."""
+    return f"{method} ({scope})" if several and scope != "none" else method
+
+
 def family_report(
     errors: dict[tuple[str, str, str, str, int], list[SampleErrors]],
     families: dict[str, list[np.ndarray]],
@@ -48,6 +54,7 @@ def family_report(
     splits with families; errors as `evaluate` collects them (per batch, in the order the
     families were appended). shown: the TTO step count the tables show (`table_step`)."""
     out: dict[str, Any] = {}
+    several = len({key[3] for key in errors if key[3] != "none"}) > 1
     for split, parts in families.items():
         fam = np.concatenate(parts)
         names = sorted(set(fam.tolist()))
@@ -58,10 +65,9 @@ def family_report(
             if s != split or source != SOURCE or k != (0 if scope == "none" else shown):
                 continue
             cat = SampleErrors.cat(errs)
-            label = method if scope in ("none", "head") else f"{method} ({scope})"
             for metric in FAMILY_METRICS:
                 values = getattr(cat, metric).numpy()
-                entry[metric][label] = {f: round(float(values[m].mean()), 1) for f, m in masks.items()}
+                entry[metric][entry_label(method, scope, several)] = {f: round(float(values[m].mean()), 1) for f, m in masks.items()}
         out[split] = entry
     return out
 

@@ -48,7 +48,7 @@ from training.batches import batch_crop, network_input
 from training.config import KEYPOINT_SOURCES, METHODS, EvalConfig
 from training.datasets import HMRBatch, collate_samples
 from training.distributed import resolve_device
-from training.eval_families import family_report, split_families
+from training.eval_families import entry_label, family_report, split_families
 from training.eval_families import markdown_section as family_section
 from training.features import is_feature_cache
 from training.keypoint_noise import detector_noise
@@ -483,7 +483,7 @@ def markdown_report(result: EvalResult, table_steps: int, plot_name: str) -> str
         header = ["method"] + [f"{s} {METRIC_LABELS[k]}" for s in splits for k in METRICS]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, scope in entries:
-            cells = [f"{method} ({scope})" if several and scope != "none" else method]
+            cells = [entry_label(method, scope, several)]
             for split in splits:
                 row = _row_at(rows, split, source, method, scope, shown)
                 for k in METRICS:

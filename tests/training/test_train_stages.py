@@ -340,6 +340,9 @@ def test_eval_compares_scopes_with_rows_and_timings_for_each(data, body, tmp_pat
     assert set(result.methods["meta-dual"]["tto_ms_per_person"]) == {"head", "full"}
     md = markdown_report(result, 14, RESULTS_PNG)
     assert "| meta-dual (head) |" in md and "| meta-dual (full) |" in md
+    # The family tables name the rows as the results tables do.
+    assert set(result.families["test"]["pa_mpjpe"]) == {
+        "regression", "meta-dual (head)", "meta-dual (full)"}
     with pytest.raises(ValueError, match="unknown TTO scope"):
         EvalConfig({"eft": "c.pt"}, {"test": "d"}, scope="head,everything")
 
