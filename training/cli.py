@@ -452,6 +452,11 @@ def _real_folder(args: argparse.Namespace) -> str | None:
     return str(found)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (ValueError names the bad one)."""
+    return tuple(float(v) for v in text.split(",") if v)
+
+
 def _register_tune(sub: Any) -> None:
     from training.tune import DEFAULT_BETA1S, DEFAULT_LRS, TUNABLE
 
@@ -491,13 +496,11 @@ def _tune(args: argparse.Namespace) -> int | list[DocSection]:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        lrs = tuple(float(v) for v in args.lrs.split(",") if v)
-        beta1s = tuple(float(v) for v in args.beta1s.split(",") if v)
         config = TuneConfig(
-            checkpoint=str(args.checkpoint), method=args.method, val=str(args.val), lrs=lrs,
-            beta1s=beta1s,
-            steps=args.steps, limit=args.limit or None, batch_size=args.batch_size,
-            workers=args.workers, device=args.device, head_subset=args.head_subset,
+            checkpoint=str(args.checkpoint), method=args.method, val=str(args.val),
+            lrs=_floats(args.lrs), beta1s=_floats(args.beta1s), steps=args.steps,
+            limit=args.limit or None, batch_size=args.batch_size, workers=args.workers,
+            device=args.device, head_subset=args.head_subset,
         )
     except ValueError as exc:
         logging.getLogger("metahmr.tune").error("%s", exc)
