@@ -48,6 +48,12 @@ def _register_tto(bench: Any) -> None:
     tto.add_argument("--device", default="cpu", help="cpu or cuda")
     tto.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     tto.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
+    tto.add_argument(
+        "--against", metavar="REV",
+        help="instead: time the shipped model's TTO ratios with this tree's code and REV's "
+        "(a git revision), in alternating rounds (bench/tto_against.py)",
+    )
+    tto.add_argument("--rounds", type=int, default=6, help="with --against: rounds per tree")
     tto.set_defaults(func=_tto)
 
 
@@ -149,6 +155,10 @@ def _reliability(args: argparse.Namespace) -> int:
 
 
 def _tto(args: argparse.Namespace) -> int:
+    if args.against:
+        from bench import tto_against
+
+        return tto_against.run_from_args(args)
     from bench.tto import run_from_args
 
     return run_from_args(args)

@@ -1,0 +1,210 @@
+"""`metahmr bench tto --against REV`: the shipped-model TTO ratios of this tree against an
+earlier revision's, measured in alternating rounds on the same machine.
+
+One `bench tto` run moves with the shared machine (its ratios have ranged over ±25% between
+runs of the same code), so a single run before a change and a single run after it cannot say
+whether the change made the TTO slower. Here each round runs `metahmr bench tto --backbones ''
+--model CKPT --no-doc --json` once in this tree and once in REV's (exported with `git archive`
+into a temporary folder), in a fresh process each, the order alternating from round to round.
+Both time the same checkpoint: REV's shipped model, which this tree loads too (old
+checkpoints load). Reported: every round's eager / forward and compiled / forward ratios,
+their medians and ranges, and in how many rounds this tree's ratio was at most REV's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SECTION = "TTO (shipped model) against an earlier revision"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = Path("model/assets/default/model.pt")
+# What a side's process runs: the `metahmr` command of the tree it starts in (its folder is
+# sys.path's first entry, ahead of the installed package).
+BOOT = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
+RATIOS = (("eager", "head_tto_overhead"), ("compiled", "head_tto_compiled_overhead"))
+TIMES = ("forward_ms", "head_tto_ms", "head_tto_compiled_ms")
+
+
+def _git(root: Path, *args: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=False)
+    if done.returncode != 0:
+        raise ValueError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def export_tree(rev: str, dest: Path, root: Path = ROOT) -> str:
+    """Write revision `rev` of the repository at `root` into `dest`; returns its full hash."""
+    sha = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
+    with tarfile.open(fileobj=io.BytesIO(_git(root, "archive", "--format=tar", sha))) as tar:
+        tar.extractall(dest, filter="data")
+    return sha
+
+
+def tree_state(root: Path = ROOT) -> str:
+    """This tree's commit, short, with '+changes' when the working tree differs from it."""
+    sha = _git(root, "rev-parse", "--short", "HEAD").decode().strip()
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no").strip()
+    return sha + ("+changes" if dirty else "")
+
+
+def run_side(tree: Path, checkpoint: Path, repeats: int, threads: int, out: Path) -> dict[str, Any]:
+    """One `bench tto` of `checkpoint`'s request path by the code in `tree`, in a new process."""
+    cmd = [
+        sys.executable, "-c", BOOT, "bench", "tto", "--backbones", "", "--model", str(checkpoint),
+        "--repeats", str(repeats), "--threads", str(threads), "--no-doc", "--json", str(out),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"bench tto in {tree} exited {done.returncode}:\n{tail}")
+    result: dict[str, Any] = json.loads(out.read_text())["model_result"]
+    if result.get("compile_fell_back"):
+        raise RuntimeError(f"bench tto in {tree}: compiled TTO fell back to eager: {result['compile_fell_back']}")
+    return {k: result[k] for k in (*TIMES, *(key for _, key in RATIOS))}
+
+
+def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Median and range of each side's ratios and times over the rounds, and for each ratio the
+    number of rounds in which this tree's ('current') was at most the baseline's."""
+    if not rounds:
+        raise ValueError("no rounds to summarise")
+    summary: dict[str, Any] = {"rounds": len(rounds)}
+    for side in ("current", "baseline"):
+        summary[side] = {
+            key: {
+                "median": statistics.median(r[side][key] for r in rounds),
+                "min": min(r[side][key] for r in rounds),
+                "max": max(r[side][key] for r in rounds),
+            }
+            for key in (*TIMES, *(key for _, key in RATIOS))
+        }
+    summary["current_not_worse"] = {
+        name: sum(r["current"][key] <= r["baseline"][key] for r in rounds) for name, key in RATIOS
+    }
+    summary["median_current_over_baseline"] = {
+        name: summary["current"][key]["median"] / summary["baseline"][key]["median"]
+        for name, key in RATIOS
+    }
+    return summary
+
+
+def compare(
+    rev: str, rounds: int, repeats: int, threads: int, root: Path = ROOT
+) -> dict[str, Any]:
+    """Run the alternating rounds (see module) and return every round with their summary."""
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got {rounds} and {repeats}")
+    with tempfile.TemporaryDirectory(prefix="metahmr-against-") as tmp:
+        base_tree = Path(tmp) / "tree"
+        base_tree.mkdir()
+        sha = export_tree(rev, base_tree, root)
+        checkpoint = base_tree / SHIPPED
+        if not checkpoint.is_file():
+            raise ValueError(f"{rev} has no shipped model at {SHIPPED}")
+        trees = {"current": root, "baseline": base_tree}
+        measured: list[dict[str, dict[str, float]]] = []
+        for i in range(rounds):
+            order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
+            entry = {"first": order[0]}
+            for side in order:
+                out = Path(tmp) / f"{side}-{i}.json"
+                entry[side] = run_side(trees[side], checkpoint, repeats, threads, out)  # type: ignore[assignment]
+                log.info("round %d %s: %s", i + 1, side, entry[side])
+            measured.append(entry)  # type: ignore[arg-type]
+    return {
+        "baseline": {"rev": rev, "commit": sha},
+        "current": tree_state(root),
+        "checkpoint": f"{sha[:7]}:{SHIPPED}",
+        "repeats": repeats,
+        "threads": threads,
+        "rounds": measured,
+        "summary": summarise(measured),
+    }
+
+
+def render_markdown(report: dict[str, Any], command: str) -> str:
+    s = report["summary"]
+    base = report["baseline"]["commit"][:7]
+    cur = report["current"]
+    rows = [
+        f"| round | first | forward {base} (ms) | forward {cur} (ms) | eager / fwd {base} "
+        f"| eager / fwd {cur} | compiled / fwd {base} | compiled / fwd {cur} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(report["rounds"], 1):
+        b, c = r["baseline"], r["current"]
+        first = base if r["first"] == "baseline" else cur
+        rows.append(
+            f"| {i} | {first} | {b['forward_ms']:.1f} | {c['forward_ms']:.1f} | "
+            f"{b['head_tto_overhead']:.2f} | {c['head_tto_overhead']:.2f} | "
+            f"{b['head_tto_compiled_overhead']:.2f} | {c['head_tto_compiled_overhead']:.2f} |"
+        )
+
+    def cell(side: str, key: str) -> str:
+        v = s[side][key]
+        return f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
+
+    summary = [
+        "| ratio | median (range) " + base + " | median (range) " + cur
+        + " | current / baseline (medians) | rounds with current <= baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for name, key in RATIOS:
+        summary.append(
+            f"| {name} / fwd | {cell('baseline', key)} | {cell('current', key)} | "
+            f"{s['median_current_over_baseline'][name]:.2f} | "
+            f"{s['current_not_worse'][name]} of {s['rounds']} |"
+        )
+    return "\n".join([
+        f"Command: `{command}`",
+        "",
+        f"The shipped model's request path and head TTO (as in the section above), timed by "
+        f"the code of this tree (`{cur}`) and of `{report['baseline']['rev']}` (`{base}`, "
+        f"exported with `git archive`), both on the same checkpoint (`{report['checkpoint']}`), "
+        f"each round a fresh `bench tto --backbones '' --model CKPT --repeats "
+        f"{report['repeats']} --threads {report['threads']}` process per tree, the order "
+        "alternating between rounds so that both see the machine's drift alike.",
+        "",
+        *rows,
+        "",
+        *summary,
+    ])  # fmt: skip
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["metahmr", "bench", "tto", "--against", args.against, "--rounds", str(args.rounds)]
+    parts += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    if args.json:
+        parts += ["--json", str(args.json)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from bench.docs import write_section
+
+    if args.device != "cpu":
+        raise ValueError("--against times the CPU request path only")
+    report = compare(args.against, args.rounds, args.repeats, args.threads)
+    command = command_line(args)
+    report["command"] = command
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.no_doc:
+        write_section(Path(args.doc), SECTION, render_markdown(report, command))
+    return 0
