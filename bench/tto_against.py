@@ -170,12 +170,14 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
             f"{s['median_current_over_baseline'][name]:.2f} | "
             f"{s['current_not_worse'][name]} of {s['rounds']} |"
         )
+    rev = report["baseline"]["rev"]
+    named = f"`{base}`" if report["baseline"]["commit"].startswith(rev) else f"`{rev}` (`{base}`)"
     return "\n".join([
         f"Command: `{command}`",
         "",
-        f"The shipped model's request path and head TTO (as in the section above), timed by "
-        f"the code of this tree (`{cur}`) and of `{report['baseline']['rev']}` (`{base}`, "
-        f"exported with `git archive`), both on the same checkpoint (`{report['checkpoint']}`), "
+        "The shipped model's request path and head TTO (as in the section \"TTO (shipped "
+        f"model)\"), timed by the code of this tree (`{cur}`) and of {named} (exported with "
+        f"`git archive`), both on the same checkpoint (`{report['checkpoint']}`), "
         f"each round a fresh `bench tto --backbones '' --model CKPT --repeats "
         f"{report['repeats']} --threads {report['threads']}` process per tree, the order "
         "alternating between rounds so that both see the machine's drift alike.",

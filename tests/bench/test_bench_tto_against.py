@@ -96,6 +96,9 @@ def test_render_markdown_has_every_round_and_the_summary() -> None:
     assert "| 2 | 1234567 | 40.0 | 36.0 | 3.00 | 2.80 | 0.70 | 0.70 |" in text
     assert "| eager / fwd | 2.40 (2.00–3.00) | 2.50 (2.20–2.80) | 1.04 | 2 of 3 |" in text
     assert "| compiled / fwd | 0.60 (0.50–0.70) | 0.65 (0.40–0.70) | 1.08 | 2 of 3 |" in text
+    assert "of `v1` (`abcdef0`) (exported" in text
+    report["baseline"]["rev"] = "abcdef01"
+    assert "of `abcdef0` (exported" in render_markdown(report, "c")
 
 
 def _stub_tree(tmp_path: Path, body: str) -> Path:
