@@ -313,8 +313,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ", ".join(other)
         + ". Reference-style = deep copy + all parameters + full-mesh body with pose blend shapes (`reference_forward`) every step. "
         "Every fit runs `model.tto.fit_group` (step 0, Adam steps of `model.tto_adam`: "
-        "`torch.optim.Adam`'s fused kernel, fc1's feature half adapted as its output, early "
-        "stop). 16 people: one fit of 16 per-person weight copies in one "
+        "`torch.optim.Adam`'s fused kernel, fc1's feature half adapted as its output, eager "
+        "weight gradients of one person's head layers one product a layer (`model.linear_tape`), "
+        "early stop). 16 people: one fit of 16 per-person weight copies in one "
         "pass (`TTORuntime(batched=True)`); `fit` by default loops over people instead where "
         "that is the faster (`model.tto.default_batched`: every head weight adapting, "
         "16 x the one-person time).",

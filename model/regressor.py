@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from model.backbones import build_backbone
 from model.config import RegressorConfig
 from model.geometry import rot6d_to_rotmat, rotmat_to_rot6d
+from model.linear_tape import active_tape
 from model.outputs import RegressorOutput, SMPLParams
 
 NUM_JOINTS = 24
@@ -140,12 +141,18 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     inductor fuses the forward into its neighbouring loops and the gradient (the iterations'
     outer products) into the update's own loop over the weight, one pass instead of several
     (a compiled Adam step of the shipped head, measured alone here: 1.0 ms before, 0.5-0.8
-    after). The same maths, float rounding apart; eager, and for more rows, the layer itself.
+    after). The same maths, float rounding apart; eager, and for more rows, the layer itself,
+    recorded when a `model.linear_tape.LinearTape` is recording (an eager TTO step's weight
+    gradients, one product per layer).
     """
-    if torch.compiler.is_compiling() and x.shape[0] == 1:
-        y = (x.unsqueeze(1) * layer.weight).sum(-1)
-        return y if layer.bias is None else y + layer.bias
-    return layer(x)
+    if torch.compiler.is_compiling():
+        if x.shape[0] == 1:
+            y = (x.unsqueeze(1) * layer.weight).sum(-1)
+            return y if layer.bias is None else y + layer.bias
+        return layer(x)
+    tape = active_tape()
+    taped = None if tape is None else tape.apply(layer, x)
+    return layer(x) if taped is None else taped
 
 
 def _fuse_legacy_decoders(state_dict: dict[str, Tensor], prefix: str, *_args: object) -> None:

@@ -13,6 +13,7 @@ forward runs under `torch.func.vmap`: each person gets their own weights and gra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from model.config import LossWeights
+from model.linear_tape import LinearTape
 from model.losses import LossTerms, check_finite, loss_test_u, reprojected_keypoint_loss
 from model.outputs import BodyOutput, CropInfo, RegressorOutput, SMPLParams
 
@@ -198,22 +200,32 @@ def loss_and_grad(
     """`step_loss` and its gradient with respect to each of `params` (in their order).
 
     params must be leaves that require grad. compiled=False: eager forward, then
-    `torch.autograd.grad`. compiled=True: the forward and loss run as one `torch.compile`d
+    `torch.autograd.grad` (for one person, of the outputs of the linear layers whose weights
+    adapt, which `model.linear_tape.LinearTape` turns into their weight gradients, one product
+    a layer instead of one per application). compiled=True: the forward and loss run as one `torch.compile`d
     graph (compiled once per objective and shape, then reused), whose backward torch
     compiles with it; the gradient is still `torch.autograd.grad` of its loss. That removes
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
     are constants either way (no graph through them).
     """
-    result = step_loss(
-        module, params, batch, body, objective=objective, weights=weights,
-        per_sample=per_sample, compiled=compiled,
-    )
     names = list(params)
-    grads_or_none = torch.autograd.grad(result.loss, [params[n] for n in names], allow_unused=True)
-    grads = [
-        torch.zeros_like(params[n]) if g is None else g
-        for n, g in zip(names, grads_or_none, strict=True)
-    ]
+    tape = LinearTape(params) if not (compiled or per_sample) else None
+    with tape.recording() if tape is not None else contextlib.nullcontext():
+        result = step_loss(
+            module, params, batch, body, objective=objective, weights=weights,
+            per_sample=per_sample, compiled=compiled,
+        )
+    # Eager, one person: the head's linear layers get their weight gradients from the tape
+    # (`model.linear_tape`: one product per layer), the other tensors from autograd.
+    outputs = [] if tape is None else tape.outputs
+    rest = [n for n in names if tape is None or n not in tape.covered]
+    found = torch.autograd.grad(
+        result.loss, [*outputs, *(params[n] for n in rest)], allow_unused=True
+    )
+    by_name = dict(zip(rest, found[len(outputs) :], strict=True))
+    if tape is not None:
+        by_name.update(tape.gradients(found[: len(outputs)]))
+    grads = [torch.zeros_like(params[n]) if by_name[n] is None else by_name[n] for n in names]
     return grads, dataclasses.replace(result, loss=result.loss.detach())
 
 

@@ -1,0 +1,107 @@
+"""The weight gradients of a head's linear layers as one product per layer (eager TTO steps).
+
+A TTO step applies each of the head's layers once per refinement iteration (three times).
+Through autograd, every application's weight gradient is an outer product written out in
+full (1024 x 1024 floats, 4 MB, for a paper-sized fc2) and the three are then added: on a
+CPU, where a one-person step is bound by memory traffic, that is most of an eager step.
+
+While a `LinearTape` records, `model.regressor.linear` applies a layer whose weight the tape
+knows with its weights detached and keeps the layer's input x and output y. Autograd then
+differentiates the loss with respect to the outputs only, and the tape forms each layer's
+gradients from its own maths, y = x W^T + b:
+
+    dL/dW = sum_i g_i^T x_i = G^T X  (one product),    dL/db = sum_i g_i,
+
+with g_i = dL/dy_i: the gradient autograd gives, summed in another order. Everything else
+(the body model, the loss, the path from one layer to the next) is autograd's as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVE: ContextVar[LinearTape | None] = ContextVar("linear_tape", default=None)
+
+
+@dataclass
+class LinearTape:
+    """Records the applications of the layers whose weights are among `params` (by name:
+    ``<layer>.weight``, with ``<layer>.bias`` when it adapts too)."""
+
+    params: dict[str, Tensor]
+    # id of an adapted weight -> (its name, the name of its adapted bias or None)
+    layers: dict[int, tuple[str, str | None]] = field(init=False)
+    calls: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)  # (weight name, x, y)
+
+    def __post_init__(self) -> None:
+        self.layers = {}
+        for name, p in self.params.items():
+            if name.endswith(".weight") and p.dim() == 2:
+                bias = name[: -len("weight")] + "bias"
+                self.layers[id(p)] = (name, bias if bias in self.params else None)
+
+    @property
+    def covered(self) -> set[str]:
+        """The parameter names whose gradient `gradients` forms (the others need autograd's)."""
+        names = {w for w, _ in self.layers.values()}
+        return names | {b for _, b in self.layers.values() if b is not None}
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[LinearTape]:
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def apply(self, layer: nn.Linear, x: Tensor) -> Tensor | None:
+        """``layer(x)`` recorded, or None when the layer's weight is not one of the tape's."""
+        known = self.layers.get(id(layer.weight))
+        if known is None or x.dim() != 2:
+            return None
+        bias = None if layer.bias is None else layer.bias.detach()
+        y = F.linear(x, layer.weight.detach(), bias)
+        if not y.requires_grad:  # x is a constant (the first iteration's start state)
+            y.requires_grad_(True)
+        self.calls.append((known[0], x.detach(), y))
+        return y
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        """Every recorded output y, in the order of the calls (what to differentiate for)."""
+        return [y for _, _, y in self.calls]
+
+    def gradients(self, output_grads: Sequence[Tensor | None]) -> dict[str, Tensor]:
+        """Each covered weight's (and bias's) gradient from dL/dy of every call (None: the
+        loss does not reach that output). A layer the forward never applied gets zeros."""
+        rows: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        for (name, x, y), g in zip(self.calls, output_grads, strict=True):
+            xs, gs = rows.setdefault(name, ([], []))
+            xs.append(x)
+            gs.append(torch.zeros_like(y) if g is None else g)
+        grads: dict[str, Tensor] = {}
+        for weight, bias in self.layers.values():
+            if weight not in rows:
+                grads[weight] = torch.zeros_like(self.params[weight])
+                if bias is not None:
+                    grads[bias] = torch.zeros_like(self.params[bias])
+                continue
+            xs, gs = rows[weight]
+            g = torch.cat(gs) if len(gs) > 1 else gs[0]
+            x = torch.cat(xs) if len(xs) > 1 else xs[0]
+            grads[weight] = g.T @ x
+            if bias is not None:
+                grads[bias] = g.sum(0)
+        return grads
+
+
+def active_tape() -> LinearTape | None:
+    """The tape recording now, if any (`model.regressor.linear` asks)."""
+    return _ACTIVE.get()

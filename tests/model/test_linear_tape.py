@@ -1,0 +1,140 @@
+"""Specification of model/linear_tape.py: a head's linear-layer weight gradients as one product
+per layer, equal to autograd's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.body import load_body_model
+from model.config import LossWeights
+from model.linear_tape import LinearTape, active_tape
+from model.outputs import CropInfo
+from model.regressor import RegressorHead
+from model.tto_step import StepBatch, loss_and_grad, step_loss
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def head() -> RegressorHead:
+    torch.manual_seed(0)
+    head = RegressorHead(feature_dim=12, hidden=16, n_iter=3, dropout=0.0).eval()
+    with torch.no_grad():  # decoder weights big enough that every layer's gradient matters
+        head.dec.weight.mul_(50.0)
+    return head
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 12, generator=gen)
+    bbox = torch.randn(2, 3, generator=gen)
+    target = torch.randn(2, 157, generator=gen)
+    return features, bbox, target
+
+
+def _loss(head: RegressorHead, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    features, bbox, target = _inputs()
+    pose, betas, cam = _raw(head, params, features, bbox)
+    return ((torch.cat([pose, betas, cam], 1) - target) ** 2).sum()
+
+
+def _raw(head: RegressorHead, params: dict[str, torch.Tensor], features, bbox):
+    class Raw(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, f, b):
+            return self.head.forward_raw(f, b)
+
+    named = {f"head.{n}": p for n, p in params.items()}
+    return torch.func.functional_call(Raw(), named, (features, bbox))
+
+
+def _leaves(head: RegressorHead, names: list[str]) -> dict[str, torch.Tensor]:
+    own = dict(head.named_parameters())
+    return {n: own[n].detach().clone().requires_grad_(True) for n in names}
+
+
+def _autograd(head: RegressorHead, names: list[str]) -> dict[str, torch.Tensor]:
+    params = _leaves(head, names)
+    grads = torch.autograd.grad(_loss(head, params), list(params.values()))
+    return dict(zip(names, grads, strict=True))
+
+
+def _taped(head: RegressorHead, names: list[str]) -> tuple[dict[str, torch.Tensor], LinearTape]:
+    params = _leaves(head, names)
+    tape = LinearTape(params)
+    with tape.recording():
+        assert active_tape() is tape
+        loss = _loss(head, params)
+    assert active_tape() is None
+    rest = [n for n in names if n not in tape.covered]
+    found = torch.autograd.grad(loss, [*tape.outputs, *(params[n] for n in rest)])
+    grads = dict(zip(rest, found[len(tape.outputs) :], strict=True))
+    grads.update(tape.gradients(found[: len(tape.outputs)]))
+    return grads, tape
+
+
+def test_every_layers_gradient_equals_autograds(head: RegressorHead) -> None:
+    names = [n for n, _ in head.named_parameters()]
+    want = _autograd(head, names)
+    got, tape = _taped(head, names)
+    assert set(got) == set(names)
+    for n in names:
+        assert got[n].shape == want[n].shape and got[n].is_contiguous(), n
+        assert torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-6), n
+        assert want[n].abs().max() > 1e-4, n  # a gradient that says something
+    # fc1's feature half once, the other layers once per refinement iteration
+    layers = ("fc1_feat.weight", "fc1_state.weight", "fc2.weight", "dec.weight")
+    counts = {w: sum(1 for name, _, _ in tape.calls if name == w) for w in layers}
+    assert counts == {"fc1_feat.weight": 1, "fc1_state.weight": 3, "fc2.weight": 3, "dec.weight": 3}
+    assert "fc1_state.bias" not in tape.covered  # that layer has no bias
+
+
+def test_only_the_adapted_layers_are_recorded(head: RegressorHead) -> None:
+    names = ["dec.weight", "dec.bias", "fc2.bias"]  # fc2's bias without its weight
+    want = _autograd(head, names)
+    got, tape = _taped(head, names)
+    assert {name for name, _, _ in tape.calls} == {"dec.weight"}
+    assert tape.covered == {"dec.weight", "dec.bias"}  # fc2.bias comes from autograd
+    for n in names:
+        assert torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-6), n
+
+
+def test_a_layer_the_forward_never_applies_gets_zeros(head: RegressorHead) -> None:
+    params = _leaves(head, ["fc1_feat.weight", "fc1_feat.bias", "dec.weight"])
+    tape = LinearTape(params)
+    features, bbox, _ = _inputs()
+    with tape.recording():  # the feature term given: fc1_feat is not applied
+        out = torch.func.functional_call(head, params, (features, bbox, torch.zeros(2, 16)))
+    found = torch.autograd.grad(out.params.rotmats().sum(), tape.outputs)
+    grads = tape.gradients(found)
+    assert torch.equal(grads["fc1_feat.weight"], torch.zeros(16, 15))
+    assert torch.equal(grads["fc1_feat.bias"], torch.zeros(16))
+    assert grads["dec.weight"].abs().max() > 0
+
+
+def test_loss_and_grad_eager_equals_autograd_through_the_body() -> None:
+    body = load_body_model()
+    torch.manual_seed(3)
+    head = RegressorHead(feature_dim=12, hidden=32, n_iter=3, dropout=0.0).eval()
+    gen = torch.Generator().manual_seed(4)
+    crop = CropInfo.from_boxes(
+        torch.tensor([[320.0, 240.0]]), torch.tensor([300.0]), torch.tensor([[480.0, 640.0]])
+    )
+    features = torch.randn(1, 12, generator=gen)
+    xy = 300 + 40 * torch.randn(1, 17, 2, generator=gen)
+    keypoints = torch.cat([xy, torch.ones(1, 17, 1)], -1)
+    batch = StepBatch((features, crop.bbox_info()), keypoints, crop)
+    weights = LossWeights()
+    names = [n for n, _ in head.named_parameters()]
+    params = _leaves(head, names)
+    grads, result = loss_and_grad(head, params, batch, body, objective="2d", weights=weights)
+    plain = _leaves(head, names)
+    loss = step_loss(head, plain, batch, body, objective="2d", weights=weights).loss
+    want = torch.autograd.grad(loss, list(plain.values()))
+    assert float(result.loss) == pytest.approx(float(loss.detach()), rel=1e-6)
+    for n, g, w in zip(names, grads, want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-7), (n, (g - w).abs().max())
