@@ -316,8 +316,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "`torch.optim.Adam`'s fused kernel, fc1's feature half adapted as its output, eager "
         "weight gradients of one person's head layers one product a layer (`model.linear_tape`), "
         "early stop). 16 people: one fit of 16 per-person weight copies in one "
-        "pass (`TTORuntime(batched=True)`); `fit` by default loops over people instead where "
-        "that is the faster (`model.tto.default_batched`: every head weight adapting, "
+        "pass (`TTORuntime(batched=True)`, eager: the tape's products per layer; compiled: "
+        "under vmap), what `fit` does by default except for compiled steps with every head "
+        "weight adapting, where it loops over people instead (`model.tto.default_batched`: "
         "16 x the one-person time).",
         "",
         *rows,

@@ -14,12 +14,18 @@ gradients from its own maths, y = x W^T + b:
 
 with g_i = dL/dy_i: the gradient autograd gives, summed in another order. Everything else
 (the body model, the loss, the path from one layer to the next) is autograd's as before.
+
+Per-person copies (P, out, in) (several people fitted in one pass) run as each person's row
+against their own transposed copy, and their gradients sum_i g_i x_i^T as broadcast
+products accumulated into a buffer the caller keeps between steps: no vmap, no per-person
+weight gradient written out per application. `model.tto_step.predict` takes this path for
+per-person copies whenever the tape covers all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -36,6 +42,10 @@ class LinearTape:
     ``<layer>.weight``, with ``<layer>.bias`` when it adapts too)."""
 
     params: dict[str, Tensor]
+    # Per-person weight gradients are written into these (by weight name) when given, kept
+    # by the caller from one step to the next: a fresh (P, out, in) tensor every step costs
+    # about four times the products themselves here (new pages for tens of MB).
+    buffers: dict[str, Tensor] | None = None
     # id of an adapted weight -> (its name, the name of its adapted bias or None)
     layers: dict[int, tuple[str, str | None]] = field(init=False)
     calls: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)  # (weight name, x, y)
@@ -43,7 +53,7 @@ class LinearTape:
     def __post_init__(self) -> None:
         self.layers = {}
         for name, p in self.params.items():
-            if name.endswith(".weight") and p.dim() == 2:
+            if name.endswith(".weight") and p.dim() in (2, 3):
                 bias = name[: -len("weight")] + "bias"
                 self.layers[id(p)] = (name, bias if bias in self.params else None)
 
@@ -61,13 +71,24 @@ class LinearTape:
         finally:
             _ACTIVE.reset(token)
 
+    def covers(self, names: Iterable[str]) -> bool:
+        """Whether every one of `names` is a weight or bias the tape differentiates."""
+        return set(names) <= self.covered
+
     def apply(self, layer: nn.Linear, x: Tensor) -> Tensor | None:
-        """``layer(x)`` recorded, or None when the layer's weight is not one of the tape's."""
+        """``layer(x)`` recorded, or None when the layer's weight is not one of the tape's.
+        A weight with a leading person dimension (P, out, in) maps person p's row of x (P, in)
+        with its own copy (its bias (P, out) too)."""
         known = self.layers.get(id(layer.weight))
         if known is None or x.dim() != 2:
             return None
+        weight = layer.weight.detach()
         bias = None if layer.bias is None else layer.bias.detach()
-        y = F.linear(x, layer.weight.detach(), bias)
+        if weight.dim() == 3:  # each row against its transposed copy: (P, 1, in) @ (P, in, out)
+            y = torch.bmm(x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+            y = y if bias is None else y + bias
+        else:
+            y = F.linear(x, weight, bias)
         if not y.requires_grad:  # x is a constant (the first iteration's start state)
             y.requires_grad_(True)
         self.calls.append((known[0], x.detach(), y))
@@ -94,12 +115,31 @@ class LinearTape:
                     grads[bias] = torch.zeros_like(self.params[bias])
                 continue
             xs, gs = rows[weight]
+            if self.params[weight].dim() == 3:  # per person: sum_i g_i x_i^T, (P, out, in)
+                grad = self._buffer(weight)
+                torch.mul(gs[0].unsqueeze(2), xs[0].unsqueeze(1), out=grad)
+                for g_i, x_i in zip(gs[1:], xs[1:], strict=True):
+                    grad.addcmul_(g_i.unsqueeze(2), x_i.unsqueeze(1))
+                grads[weight] = grad
+                if bias is not None:
+                    grads[bias] = torch.stack(gs).sum(0)
+                continue
             g = torch.cat(gs) if len(gs) > 1 else gs[0]
             x = torch.cat(xs) if len(xs) > 1 else xs[0]
             grads[weight] = g.T @ x
             if bias is not None:
                 grads[bias] = g.sum(0)
         return grads
+
+
+    def _buffer(self, weight: str) -> Tensor:
+        like = self.params[weight]
+        if self.buffers is None:
+            return torch.empty_like(like)
+        buf = self.buffers.get(weight)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self.buffers[weight] = torch.empty_like(like)
+        return buf
 
 
 def active_tape() -> LinearTape | None:

@@ -142,6 +142,7 @@ class AdamSteps:
         own = [n for n in params if self.optimizer is None or n == FEATURE_TERM]
         self.m = {n: torch.zeros_like(params[n]) for n in own}
         self.v = {n: torch.zeros_like(params[n]) for n in own}
+        self.grad_buffers: Params = {}  # eager per-person weight gradients, reused each step
 
     def step(self) -> StepLoss:
         """One Adam step; returns the loss (and prediction) at the weights before it."""
@@ -165,7 +166,7 @@ class AdamSteps:
         # gradients (backward would also fill .grad of the regressor's own parameters).
         grads, current = loss_and_grad(
             self.module, leaves, self.batch, self.body, objective="2d", weights=self.weights,
-            per_sample=self.per_sample, compiled=self.compiled,
+            per_sample=self.per_sample, compiled=self.compiled, grad_buffers=self.grad_buffers,
         )  # fmt: skip
         with torch.no_grad():
             for (n, p), g in zip(leaves.items(), grads, strict=True):

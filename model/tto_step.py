@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from model.config import LossWeights
-from model.linear_tape import LinearTape
+from model.linear_tape import LinearTape, active_tape
 from model.losses import LossTerms, check_finite, loss_test_u, reprojected_keypoint_loss
 from model.outputs import BodyOutput, CropInfo, RegressorOutput, SMPLParams
 
@@ -98,6 +98,14 @@ def predict(
     tensors = {**params, **(buffers or {})}
     if not per_sample:
         return functional_call(module, tensors, args)
+    tape = active_tape()
+    if tape is None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        tape = LinearTape(params)  # no gradient wanted: its products alone (eager)
+    if tape is not None and not buffers and tape.covers(params):
+        # Every copy a linear layer's the tape records: each person's rows meet their own
+        # weights in the tape's products, no vmap needed.
+        with tape.recording():
+            return functional_call(module, tensors, args)
 
     def one(p: Params, *xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         out = functional_call(module, {**p, **(buffers or {})}, tuple(x[None] for x in xs))
@@ -196,6 +204,7 @@ def loss_and_grad(
     weights: LossWeights,
     per_sample: bool = False,
     compiled: bool = False,
+    grad_buffers: Params | None = None,
 ) -> tuple[list[Tensor], StepLoss]:
     """`step_loss` and its gradient with respect to each of `params` (in their order).
 
@@ -206,10 +215,14 @@ def loss_and_grad(
     graph (compiled once per objective and shape, then reused), whose backward torch
     compiles with it; the gradient is still `torch.autograd.grad` of its loss. That removes
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
-    are constants either way (no graph through them).
+    are constants either way (no graph through them). grad_buffers: where the tape writes
+    per-person weight gradients, kept by the caller between steps (the gradients returned
+    are then those buffers, valid until the next call).
     """
     names = list(params)
-    tape = LinearTape(params) if not (compiled or per_sample) else None
+    tape = None if compiled else LinearTape(params, grad_buffers)
+    if tape is not None and per_sample and not tape.covers(n for n in names if n != FEATURE_TERM):
+        tape = None  # per-person copies of something other than linear layers: vmap, autograd
     with tape.recording() if tape is not None else contextlib.nullcontext():
         result = step_loss(
             module, params, batch, body, objective=objective, weights=weights,
@@ -318,7 +331,9 @@ def inner_step(
     params must require grad (leaves for the TTO; the live parameters, or tensors derived
     from them, in meta-training). first_order=False keeps the graph of the gradient, so an
     outer loss on w' differentiates through the step (second-order MAML); first_order=True
-    treats the gradient as a constant (w' still depends on w through the identity term).
+    treats the gradient as a constant (w' still depends on w through the identity term) and
+    returns the loss detached: it comes from `loss_and_grad`, the Adam steps' own gradient
+    (for a head's linear layers, `model.linear_tape`'s products).
     compiled: compute the step as compiled graphs (one person: the loss, its gradient and
     the update as one, w' then a constant; several: `loss_and_grad`); the TTO's step 0 uses
     it, meta-training (whose w' must stay differentiable in w) does not.
@@ -336,6 +351,12 @@ def inner_step(
             module, plain, batch, body, objective=objective, weights=weights,
             per_sample=per_sample, compiled=True,
         )
+        return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
+    if first_order and not buffers:  # the gradient a constant: the Adam steps' own
+        grad_list, result = loss_and_grad(
+            module, params, batch, body, objective=objective, weights=weights,
+            per_sample=per_sample,
+        )  # fmt: skip
         return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
     result = step_loss(
         module,

@@ -138,3 +138,34 @@ def test_loss_and_grad_eager_equals_autograd_through_the_body() -> None:
     assert float(result.loss) == pytest.approx(float(loss.detach()), rel=1e-6)
     for n, g, w in zip(names, grads, want, strict=True):
         assert torch.allclose(g, w, rtol=1e-4, atol=1e-7), (n, (g - w).abs().max())
+
+
+def test_per_person_copies_get_each_persons_own_gradient(head: RegressorHead) -> None:
+    """Weights with a leading person dimension: person p's rows run with copy p, and each
+    copy's gradient is that person's alone (as autograd gives it person by person)."""
+    features, bbox, target = _inputs()  # 2 people
+    names = ["fc1_state.weight", "fc2.weight", "fc2.bias", "dec.weight", "dec.bias"]
+    own = dict(head.named_parameters())
+    gen = torch.Generator().manual_seed(5)
+    copies = {n: own[n].detach() + 0.01 * torch.randn(2, *own[n].shape, generator=gen) for n in names}
+
+    def person_loss(p: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        pose, betas, cam = _raw(head, params, features[p : p + 1], bbox[p : p + 1])
+        return ((torch.cat([pose, betas, cam], 1) - target[p : p + 1]) ** 2).sum()
+
+    want = []
+    for p in range(2):
+        leaves = {n: copies[n][p].clone().requires_grad_(True) for n in names}
+        want.append(torch.autograd.grad(person_loss(p, leaves), list(leaves.values())))
+    stacked = {n: t.clone().requires_grad_(True) for n, t in copies.items()}
+    buffers: dict[str, torch.Tensor] = {}
+    for _ in range(2):  # the second call writes into the first call's buffers
+        tape = LinearTape(stacked, buffers)
+        with tape.recording():
+            pose, betas, cam = _raw(head, stacked, features, bbox)
+        loss = ((torch.cat([pose, betas, cam], 1) - target) ** 2).sum()
+        got = tape.gradients(torch.autograd.grad(loss, tape.outputs))
+    assert got["fc2.weight"] is buffers["fc2.weight"] and got["fc2.weight"].shape == (2, 16, 16)
+    for i, n in enumerate(names):
+        for p in range(2):
+            assert torch.allclose(got[n][p], want[p][i], rtol=1e-5, atol=1e-6), (n, p)
