@@ -35,8 +35,9 @@ def _register_tto(bench: Any) -> None:
     )
     tto.add_argument("--json", type=Path, help="also write the results as JSON here")
     tto.add_argument(
-        "--backbones", default="resnet18,resnet50",
-        help="comma-separated backbone names of random paper-sized regressors ('' = none)",
+        "--backbones", default=None,
+        help="comma-separated backbone names of random paper-sized regressors ('' = none; "
+        "default resnet18,resnet50, with --against none)",
     )
     tto.add_argument(
         "--model", default="shipped",

@@ -43,6 +43,7 @@ from model.tto import TTOInputs, compile_failure, fit, warm_up
 log = logging.getLogger(__name__)
 
 SECTION = "TTO"
+DEFAULT_BACKBONES = "resnet18,resnet50"
 def _scene(batch: int, body: Any, device: str) -> tuple[TTOInputs, torch.Tensor]:
     """B people in a 640x480 image with keypoints from a posed body, slightly perturbed."""
     gen = torch.Generator().manual_seed(0)
@@ -351,6 +352,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.backbones is None:
+        args.backbones = DEFAULT_BACKBONES
     settings = BenchSettings(
         backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
         repeats=args.repeats,

@@ -37,6 +37,15 @@ SHIPPED = Path("model/assets/default/model.pt")
 BOOT = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
 RATIOS = (("eager", "head_tto_overhead"), ("compiled", "head_tto_compiled_overhead"))
 TIMES = ("forward_ms", "head_tto_ms", "head_tto_compiled_ms")
+# With --backbones, the paper-sized rows of `bench tto` too (keys "<backbone>/<key>"): what
+# is compared, as (label, key), lower being better for each.
+PAPER = (
+    ("eager / fwd", "head_tto_overhead"),
+    ("compiled / fwd", "head_tto_compiled_overhead"),
+    ("16 people eager (ms)", "batch16_ms"),
+    ("16 / 1 eager", "batch16_over_single"),
+    ("16 / 1 compiled", "batch16_over_single_compiled"),
+)
 
 
 def _git(root: Path, *args: str) -> bytes:
@@ -61,21 +70,33 @@ def tree_state(root: Path = ROOT) -> str:
     return sha + ("+changes" if dirty else "")
 
 
-def run_side(tree: Path, checkpoint: Path, repeats: int, threads: int, out: Path) -> dict[str, Any]:
-    """One `bench tto` of `checkpoint`'s request path by the code in `tree`, in a new process."""
+def run_side(
+    tree: Path, checkpoint: Path, repeats: int, threads: int, out: Path,
+    backbones: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """One `bench tto` of `checkpoint`'s request path (and of random paper-sized regressors
+    with `backbones`) by the code in `tree`, in a new process."""
     cmd = [
-        sys.executable, "-c", BOOT, "bench", "tto", "--backbones", "", "--model", str(checkpoint),
-        "--repeats", str(repeats), "--threads", str(threads), "--no-doc", "--json", str(out),
+        sys.executable, "-c", BOOT, "bench", "tto", "--backbones", ",".join(backbones),
+        "--model", str(checkpoint), "--repeats", str(repeats), "--threads", str(threads),
+        "--no-doc", "--json", str(out),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"bench tto in {tree} exited {done.returncode}:\n{tail}")
-    result: dict[str, Any] = json.loads(out.read_text())["model_result"]
-    if result.get("compile_fell_back"):
-        raise RuntimeError(f"bench tto in {tree}: compiled TTO fell back to eager: {result['compile_fell_back']}")
-    return {k: result[k] for k in (*TIMES, *(key for _, key in RATIOS))}
+    report = json.loads(out.read_text())
+    result: dict[str, Any] = report["model_result"]
+    for r in [result, *report.get("results", [])]:
+        if r.get("compile_fell_back"):
+            raise RuntimeError(
+                f"bench tto in {tree}: compiled TTO fell back to eager: {r['compile_fell_back']}"
+            )
+    row = {k: result[k] for k in (*TIMES, *(key for _, key in RATIOS))}
+    for r in report.get("results", []):
+        row.update({f"{r['backbone']}/{key}": r[key] for _, key in PAPER})
+    return row
 
 
 def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
@@ -84,6 +105,7 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     if not rounds:
         raise ValueError("no rounds to summarise")
     summary: dict[str, Any] = {"rounds": len(rounds)}
+    keys = list(rounds[0]["current"])
     for side in ("current", "baseline"):
         summary[side] = {
             key: {
@@ -91,8 +113,11 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
                 "min": min(r[side][key] for r in rounds),
                 "max": max(r[side][key] for r in rounds),
             }
-            for key in (*TIMES, *(key for _, key in RATIOS))
+            for key in keys
         }
+    summary["not_worse_by_key"] = {
+        key: sum(r["current"][key] <= r["baseline"][key] for r in rounds) for key in keys
+    }
     summary["current_not_worse"] = {
         name: sum(r["current"][key] <= r["baseline"][key] for r in rounds) for name, key in RATIOS
     }
@@ -104,7 +129,8 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
 
 
 def compare(
-    rev: str, rounds: int, repeats: int, threads: int, root: Path = ROOT
+    rev: str, rounds: int, repeats: int, threads: int, root: Path = ROOT,
+    backbones: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the alternating rounds (see module) and return every round with their summary."""
     if rounds < 1 or repeats < 1:
@@ -123,7 +149,9 @@ def compare(
             entry = {"first": order[0]}
             for side in order:
                 out = Path(tmp) / f"{side}-{i}.json"
-                entry[side] = run_side(trees[side], checkpoint, repeats, threads, out)  # type: ignore[assignment]
+                entry[side] = run_side(  # type: ignore[assignment]
+                    trees[side], checkpoint, repeats, threads, out, backbones
+                )
                 log.info("round %d %s: %s", i + 1, side, entry[side])
             measured.append(entry)  # type: ignore[arg-type]
     return {
@@ -132,6 +160,7 @@ def compare(
         "checkpoint": f"{sha[:7]}:{SHIPPED}",
         "repeats": repeats,
         "threads": threads,
+        "backbones": list(backbones),
         "rounds": measured,
         "summary": summarise(measured),
     }
@@ -157,7 +186,8 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
 
     def cell(side: str, key: str) -> str:
         v = s[side][key]
-        return f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})"
+        digits = 0 if key.endswith("_ms") else 2
+        return f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
 
     summary = [
         "| ratio | median (range) " + base + " | median (range) " + cur
@@ -172,6 +202,24 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         )
     rev = report["baseline"]["rev"]
     named = f"`{base}`" if report["baseline"]["commit"].startswith(rev) else f"`{rev}` (`{base}`)"
+    paper: list[str] = []
+    for backbone in report.get("backbones", []):
+        if not paper:
+            paper = [
+                "",
+                "Random paper-sized regressors (`bench tto`'s \"TTO\" section), the same rounds:",
+                "",
+                f"| backbone | measure | median (range) {base} | median (range) {cur} "
+                "| current / baseline (medians) | rounds with current <= baseline |",
+                "|---|---|---|---|---|---|",
+            ]
+        for label, key in PAPER:
+            k = f"{backbone}/{key}"
+            ratio = s["current"][k]["median"] / s["baseline"][k]["median"]
+            paper.append(
+                f"| {backbone} | {label} | {cell('baseline', k)} | {cell('current', k)} | "
+                f"{ratio:.2f} | {s['not_worse_by_key'][k]} of {s['rounds']} |"
+            )
     return "\n".join([
         f"Command: `{command}`",
         "",
@@ -185,11 +233,14 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         *rows,
         "",
         *summary,
+        *paper,
     ])  # fmt: skip
 
 
 def command_line(args: argparse.Namespace) -> str:
     parts = ["metahmr", "bench", "tto", "--against", args.against, "--rounds", str(args.rounds)]
+    if args.backbones:
+        parts += ["--backbones", args.backbones]
     parts += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     if args.json:
         parts += ["--json", str(args.json)]
@@ -201,7 +252,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         raise ValueError("--against times the CPU request path only")
-    report = compare(args.against, args.rounds, args.repeats, args.threads)
+    # --backbones keeps its default (resnet18,resnet50) only when given: the shipped model
+    # alone unless asked.
+    backbones = tuple(b.strip() for b in (args.backbones or "").split(",") if b.strip())
+    report = compare(args.against, args.rounds, args.repeats, args.threads, backbones=backbones)
     command = command_line(args)
     report["command"] = command
     if args.json:

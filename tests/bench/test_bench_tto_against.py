@@ -76,6 +76,7 @@ def test_summarise_gives_medians_ranges_and_rounds_not_worse() -> None:
     assert s["current_not_worse"] == {"eager": 2, "compiled": 2}
     assert s["median_current_over_baseline"]["eager"] == pytest.approx(2.5 / 2.4)
     assert s["median_current_over_baseline"]["compiled"] == pytest.approx(0.65 / 0.60)
+    assert s["not_worse_by_key"]["forward_ms"] == 2  # 32 > 30, 36 <= 40, 30 <= 34
     with pytest.raises(ValueError, match="no rounds"):
         summarise([])
 
@@ -97,6 +98,7 @@ def test_render_markdown_has_every_round_and_the_summary() -> None:
     assert "| eager / fwd | 2.40 (2.00–3.00) | 2.50 (2.20–2.80) | 1.04 | 2 of 3 |" in text
     assert "| compiled / fwd | 0.60 (0.50–0.70) | 0.65 (0.40–0.70) | 1.08 | 2 of 3 |" in text
     assert "of `v1` (`abcdef0`) (exported" in text
+    assert "paper-sized" not in text  # no backbones timed
     report["baseline"]["rev"] = "abcdef01"
     assert "of `abcdef0` (exported" in render_markdown(report, "c")
 
@@ -161,3 +163,40 @@ def test_compare_against_head_times_both_trees(tmp_path: Path) -> None:
         assert r["forward_ms"] > 0 and r["head_tto_ms"] > 0 and r["head_tto_compiled_ms"] > 0
         assert r["head_tto_overhead"] == pytest.approx(r["head_tto_ms"] / r["forward_ms"])
     assert report["summary"]["rounds"] == 1
+
+
+def test_render_markdown_adds_the_paper_sized_rows_when_timed() -> None:
+    rounds = []
+    for i, r in enumerate(ROUNDS):
+        entry = dict(r)
+        for side, batch16 in (("baseline", 900.0 + i), ("current", 800.0 + 100 * i)):
+            extra = {f"resnet18/{key}": 1.0 for _, key in tto_against.PAPER}
+            extra["resnet18/batch16_ms"] = batch16
+            entry[side] = {**r[side], **extra}
+        rounds.append(entry)
+    report = {
+        "baseline": {"rev": "v1", "commit": "abcdef0123456789"}, "current": "1234567",
+        "checkpoint": "c", "repeats": 3, "threads": 2, "backbones": ["resnet18"],
+        "rounds": rounds, "summary": summarise(rounds),
+    }  # fmt: skip
+    text = render_markdown(report, "c")
+    # baseline 900, 901, 902; current 800, 900, 1000: medians 901 and 900, 2 rounds not worse
+    assert "| resnet18 | 16 people eager (ms) | 901 (900–902) | 900 (800–1000) | 1.00 | 2 of 3 |" in text
+    assert "| resnet18 | eager / fwd | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | 1.00 | 3 of 3 |" in text
+
+
+def test_run_side_passes_the_backbones_and_reads_their_rows(tmp_path: Path) -> None:
+    tree = _stub_tree(tmp_path, (
+        "import json\n"
+        "def main(argv):\n"
+        "    r = {'forward_ms': 10.0, 'head_tto_ms': 20.0, 'head_tto_compiled_ms': 5.0,\n"
+        "         'head_tto_overhead': 2.0, 'head_tto_compiled_overhead': 0.5}\n"
+        "    rows = [{'backbone': b, 'head_tto_overhead': 0.9, 'head_tto_compiled_overhead': 0.3,\n"
+        "             'batch16_ms': 900.0, 'batch16_over_single': 9.0, 'batch16_over_single_compiled': 20.0}\n"
+        "            for b in argv[argv.index('--backbones') + 1].split(',')]\n"
+        "    json.dump({'model_result': r, 'results': rows}, open(argv[argv.index('--json') + 1], 'w'))\n"
+        "    return 0\n"
+    ))  # fmt: skip
+    got = run_side(tree, Path("m.pt"), 1, 1, tmp_path / "r.json", ("resnet18", "resnet50"))
+    assert got["resnet50/batch16_ms"] == 900.0 and got["resnet18/batch16_over_single"] == 9.0
+    assert got["head_tto_overhead"] == 2.0
