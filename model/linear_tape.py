@@ -59,9 +59,17 @@ class LinearTape:
 
     @property
     def covered(self) -> set[str]:
-        """The parameter names whose gradient `gradients` forms (the others need autograd's)."""
-        names = {w for w, _ in self.layers.values()}
-        return names | {b for _, b in self.layers.values() if b is not None}
+        """After the forward: the parameter names whose gradient `gradients` forms, those of
+        the layers it recorded (the others, a weight used some other way included, need
+        autograd's)."""
+        recorded = {name for name, _, _ in self.calls}
+        return {n for w, b in self.layers.values() if w in recorded for n in (w, b) if n}
+
+    def can_cover(self, names: Iterable[str]) -> bool:
+        """Before the forward: whether each of `names` is a weight the tape would record (or
+        its bias), should its layer run through `model.regressor.linear`."""
+        known = {n for w, b in self.layers.values() for n in (w, b) if n}
+        return set(names) <= known
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[LinearTape]:
@@ -70,10 +78,6 @@ class LinearTape:
             yield self
         finally:
             _ACTIVE.reset(token)
-
-    def covers(self, names: Iterable[str]) -> bool:
-        """Whether every one of `names` is a weight or bias the tape differentiates."""
-        return set(names) <= self.covered
 
     def apply(self, layer: nn.Linear, x: Tensor) -> Tensor | None:
         """``layer(x)`` recorded, or None when the layer's weight is not one of the tape's.
@@ -100,8 +104,8 @@ class LinearTape:
         return [y for _, _, y in self.calls]
 
     def gradients(self, output_grads: Sequence[Tensor | None]) -> dict[str, Tensor]:
-        """Each covered weight's (and bias's) gradient from dL/dy of every call (None: the
-        loss does not reach that output). A layer the forward never applied gets zeros."""
+        """Each recorded layer's weight (and bias) gradient from dL/dy of every call (None:
+        the loss does not reach that output): the names of `covered`."""
         rows: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
         for (name, x, y), g in zip(self.calls, output_grads, strict=True):
             xs, gs = rows.setdefault(name, ([], []))
@@ -109,10 +113,7 @@ class LinearTape:
             gs.append(torch.zeros_like(y) if g is None else g)
         grads: dict[str, Tensor] = {}
         for weight, bias in self.layers.values():
-            if weight not in rows:
-                grads[weight] = torch.zeros_like(self.params[weight])
-                if bias is not None:
-                    grads[bias] = torch.zeros_like(self.params[bias])
+            if weight not in rows:  # not applied through `linear`: autograd's (`covered`)
                 continue
             xs, gs = rows[weight]
             if self.params[weight].dim() == 3:  # per person: sum_i g_i x_i^T, (P, out, in)

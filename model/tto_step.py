@@ -101,9 +101,10 @@ def predict(
     tape = active_tape()
     if tape is None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
         tape = LinearTape(params)  # no gradient wanted: its products alone (eager)
-    if tape is not None and not buffers and tape.covers(params):
-        # Every copy a linear layer's the tape records: each person's rows meet their own
-        # weights in the tape's products, no vmap needed.
+    if tape is not None and not buffers and _head(module) and tape.can_cover(params):
+        # A head (every layer through `model.regressor.linear`) whose copies are all its
+        # linear layers': each person's rows meet their own weights in the tape's products,
+        # no vmap needed.
         with tape.recording():
             return functional_call(module, tensors, args)
 
@@ -114,6 +115,12 @@ def predict(
 
     go, bp, betas, cam = vmap(one)(params, *args)
     return RegressorOutput(SMPLParams(go, bp, betas), cam)
+
+
+def _head(module: nn.Module) -> bool:
+    """Whether `module` is a regressor head, all of whose layers run through
+    `model.regressor.linear` (the tape sees every one)."""
+    return hasattr(module, "feature_input")
 
 
 def step_loss(
@@ -221,8 +228,11 @@ def loss_and_grad(
     """
     names = list(params)
     tape = None if compiled else LinearTape(params, grad_buffers)
-    if tape is not None and per_sample and not tape.covers(n for n in names if n != FEATURE_TERM):
-        tape = None  # per-person copies of something other than linear layers: vmap, autograd
+    if (
+        tape is not None and per_sample
+        and not (_head(module) and tape.can_cover(n for n in names if n != FEATURE_TERM))
+    ):  # fmt: skip
+        tape = None  # per-person copies of something other than a head's layers: vmap
     with tape.recording() if tape is not None else contextlib.nullcontext():
         result = step_loss(
             module, params, batch, body, objective=objective, weights=weights,
