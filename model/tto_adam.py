@@ -2,9 +2,10 @@
 
 `AdamSteps` holds the adapted weights and Adam's moments for P people and runs one step at a
 time: the loss and its gradient, then Adam's update. Eager, the gradient comes from
-`model.tto_step.loss_and_grad` (for one person the head's linear layers get theirs from
-`model.linear_tape`, one product a layer) and the dense weights step with `torch.optim.Adam`
-(its fused kernel). Compiled (`TTORuntime.compile`, one person), the forward, the loss, its gradient
+`model.tto_step.loss_and_grad` (the head's linear layers get theirs from
+`model.linear_tape`, one product a layer, into `grad_buffers` for several people) and the
+dense weights step with `torch.optim.Adam` (its fused kernel). Compiled
+(`TTORuntime.compile`, one person), the forward, the loss, its gradient
 (`torch.func.grad_and_value`) and the update are one `torch.compile`d graph, one call a
 step, with no autograd engine or optimizer object in between; there the update is
 `adam_update`, torch.optim.Adam's maths as tensor operations (bias-corrected moments,

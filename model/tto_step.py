@@ -216,9 +216,10 @@ def loss_and_grad(
     """`step_loss` and its gradient with respect to each of `params` (in their order).
 
     params must be leaves that require grad. compiled=False: eager forward, then
-    `torch.autograd.grad` (for one person, of the outputs of the linear layers whose weights
-    adapt, which `model.linear_tape.LinearTape` turns into their weight gradients, one product
-    a layer instead of one per application). compiled=True: the forward and loss run as one `torch.compile`d
+    `torch.autograd.grad`, for the head's linear layers of their outputs, which
+    `model.linear_tape.LinearTape` turns into their weight gradients (one product a layer
+    instead of one per application; per-person copies of a head's layers without vmap).
+    compiled=True: the forward and loss run as one `torch.compile`d
     graph (compiled once per objective and shape, then reused), whose backward torch
     compiles with it; the gradient is still `torch.autograd.grad` of its loss. That removes
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
@@ -238,7 +239,7 @@ def loss_and_grad(
             module, params, batch, body, objective=objective, weights=weights,
             per_sample=per_sample, compiled=compiled,
         )
-    # Eager, one person: the head's linear layers get their weight gradients from the tape
+    # Eager: the linear layers the tape recorded get their weight gradients from it
     # (`model.linear_tape`: one product per layer), the other tensors from autograd.
     outputs = [] if tape is None else tape.outputs
     rest = [n for n in names if tape is None or n not in tape.covered]
