@@ -48,6 +48,7 @@ class LinearTape:
     buffers: dict[str, Tensor] | None = None
     # id of an adapted weight -> (its name, the name of its adapted bias or None)
     layers: dict[int, tuple[str, str | None]] = field(init=False)
+    _known: set[str] = field(init=False)  # every weight and bias name in `layers`
     calls: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)  # (weight name, x, y)
 
     def __post_init__(self) -> None:
@@ -56,6 +57,7 @@ class LinearTape:
             if name.endswith(".weight") and p.dim() in (2, 3):
                 bias = name[: -len("weight")] + "bias"
                 self.layers[id(p)] = (name, bias if bias in self.params else None)
+        self._known = {n for w, b in self.layers.values() for n in (w, b) if n}
 
     @property
     def covered(self) -> set[str]:
@@ -68,8 +70,7 @@ class LinearTape:
     def can_cover(self, names: Iterable[str]) -> bool:
         """Before the forward: whether each of `names` is a weight the tape would record (or
         its bias), should its layer run through `model.regressor.linear`."""
-        known = {n for w, b in self.layers.values() for n in (w, b) if n}
-        return set(names) <= known
+        return set(names) <= self._known
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[LinearTape]:
@@ -131,7 +132,6 @@ class LinearTape:
             if bias is not None:
                 grads[bias] = g.sum(0)
         return grads
-
 
     def _buffer(self, weight: str) -> Tensor:
         like = self.params[weight]

@@ -228,21 +228,18 @@ def loss_and_grad(
     are then those buffers, valid until the next call).
     """
     names = list(params)
+    # Eager: the linear layers the tape records get their weight gradients from it
+    # (`model.linear_tape`: one product per layer), the other tensors from autograd. Under
+    # vmap (per-person copies `predict` cannot run as the tape's products) it records nothing.
     tape = None if compiled else LinearTape(params, grad_buffers)
-    if (
-        tape is not None and per_sample
-        and not (_head(module) and tape.can_cover(n for n in names if n != FEATURE_TERM))
-    ):  # fmt: skip
-        tape = None  # per-person copies of something other than a head's layers: vmap
     with tape.recording() if tape is not None else contextlib.nullcontext():
         result = step_loss(
             module, params, batch, body, objective=objective, weights=weights,
             per_sample=per_sample, compiled=compiled,
         )
-    # Eager: the linear layers the tape recorded get their weight gradients from it
-    # (`model.linear_tape`: one product per layer), the other tensors from autograd.
     outputs = [] if tape is None else tape.outputs
-    rest = [n for n in names if tape is None or n not in tape.covered]
+    covered = set() if tape is None else tape.covered
+    rest = [n for n in names if n not in covered]
     found = torch.autograd.grad(
         result.loss, [*outputs, *(params[n] for n in rest)], allow_unused=True
     )
@@ -350,23 +347,17 @@ def inner_step(
     it, meta-training (whose w' must stay differentiable in w) does not.
     """
     names = list(params)
-    if compiled:
-        if not first_order or buffers:
-            raise ValueError("a compiled inner step is first-order and takes no buffers")
-        plain = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-        if not per_sample:  # the loss, its gradient and the update as one graph
-            out = run_compiled(_sgd_step, plain, module, batch, body, weights, lr, objective)
-            if out is not None:
-                return out[0], unflat_step(out[1])
-        grad_list, result = loss_and_grad(
-            module, plain, batch, body, objective=objective, weights=weights,
-            per_sample=per_sample, compiled=True,
-        )
-        return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
+    if compiled and (not first_order or buffers):
+        raise ValueError("a compiled inner step is first-order and takes no buffers")
+    plain = {n: p.detach().requires_grad_(True) for n, p in params.items()} if compiled else params
+    if compiled and not per_sample:  # the loss, its gradient and the update as one graph
+        out = run_compiled(_sgd_step, plain, module, batch, body, weights, lr, objective)
+        if out is not None:
+            return out[0], unflat_step(out[1])
     if first_order and not buffers:  # the gradient a constant: the Adam steps' own
         grad_list, result = loss_and_grad(
-            module, params, batch, body, objective=objective, weights=weights,
-            per_sample=per_sample,
+            module, plain, batch, body, objective=objective, weights=weights,
+            per_sample=per_sample, compiled=compiled,
         )  # fmt: skip
         return {n: params[n] - lr * g for n, g in zip(names, grad_list, strict=True)}, result
     result = step_loss(
