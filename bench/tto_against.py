@@ -99,9 +99,10 @@ def run_side(
     return row
 
 
-def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Median and range of each side's ratios and times over the rounds, and for each ratio the
-    number of rounds in which this tree's ('current') was at most the baseline's."""
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range of each side's measures over the rounds, and for each measure the
+    number of rounds in which this tree's ('current') was at most the baseline's (lower is
+    better for every one)."""
     if not rounds:
         raise ValueError("no rounds to summarise")
     summary: dict[str, Any] = {"rounds": len(rounds)}
@@ -115,15 +116,8 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
             }
             for key in keys
         }
-    summary["not_worse_by_key"] = {
+    summary["not_worse"] = {
         key: sum(r["current"][key] <= r["baseline"][key] for r in rounds) for key in keys
-    }
-    summary["current_not_worse"] = {
-        name: sum(r["current"][key] <= r["baseline"][key] for r in rounds) for name, key in RATIOS
-    }
-    summary["median_current_over_baseline"] = {
-        name: summary["current"][key]["median"] / summary["baseline"][key]["median"]
-        for name, key in RATIOS
     }
     return summary
 
@@ -143,17 +137,15 @@ def compare(
         if not checkpoint.is_file():
             raise ValueError(f"{rev} has no shipped model at {SHIPPED}")
         trees = {"current": root, "baseline": base_tree}
-        measured: list[dict[str, dict[str, float]]] = []
+        measured: list[dict[str, Any]] = []
         for i in range(rounds):
             order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
-            entry = {"first": order[0]}
+            entry: dict[str, Any] = {"first": order[0]}
             for side in order:
                 out = Path(tmp) / f"{side}-{i}.json"
-                entry[side] = run_side(  # type: ignore[assignment]
-                    trees[side], checkpoint, repeats, threads, out, backbones
-                )
+                entry[side] = run_side(trees[side], checkpoint, repeats, threads, out, backbones)
                 log.info("round %d %s: %s", i + 1, side, entry[side])
-            measured.append(entry)  # type: ignore[arg-type]
+            measured.append(entry)
     return {
         "baseline": {"rev": rev, "commit": sha},
         "current": tree_state(root),
@@ -184,49 +176,43 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
             f"{b['head_tto_compiled_overhead']:.2f} | {c['head_tto_compiled_overhead']:.2f} |"
         )
 
-    def cell(side: str, key: str) -> str:
-        v = s[side][key]
+    def cells(key: str) -> str:
+        """median (range) of each side, current / baseline of the medians, rounds not worse."""
         digits = 0 if key.endswith("_ms") else 2
-        return f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
+        shown = [
+            f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
+            for v in (s["baseline"][key], s["current"][key])
+        ]
+        ratio = s["current"][key]["median"] / s["baseline"][key]["median"]
+        return " | ".join([*shown, f"{ratio:.2f}", f"{s['not_worse'][key]} of {s['rounds']}"])
 
-    summary = [
-        "| ratio | median (range) " + base + " | median (range) " + cur
-        + " | current / baseline (medians) | rounds with current <= baseline |",
-        "|---|---|---|---|---|",
-    ]
-    for name, key in RATIOS:
-        summary.append(
-            f"| {name} / fwd | {cell('baseline', key)} | {cell('current', key)} | "
-            f"{s['median_current_over_baseline'][name]:.2f} | "
-            f"{s['current_not_worse'][name]} of {s['rounds']} |"
-        )
+    medians = f"median (range) {base} | median (range) {cur} | current / baseline (medians) "
+    medians += "| rounds with current <= baseline |"
+    summary = ["| ratio | " + medians, "|---|---|---|---|---|"]
+    summary += [f"| {name} / fwd | {cells(key)} |" for name, key in RATIOS]
+    backbones = report.get("backbones", [])
+    paper: list[str] = []
+    if backbones:
+        paper = [
+            "",
+            "Random paper-sized regressors (`bench tto`'s \"TTO\" section), the same rounds:",
+            "",
+            "| backbone | measure | " + medians,
+            "|---|---|---|---|---|---|",
+        ]
+        paper += [
+            f"| {b} | {label} | {cells(f'{b}/{key}')} |" for b in backbones for label, key in PAPER
+        ]
     rev = report["baseline"]["rev"]
     named = f"`{base}`" if report["baseline"]["commit"].startswith(rev) else f"`{rev}` (`{base}`)"
-    paper: list[str] = []
-    for backbone in report.get("backbones", []):
-        if not paper:
-            paper = [
-                "",
-                "Random paper-sized regressors (`bench tto`'s \"TTO\" section), the same rounds:",
-                "",
-                f"| backbone | measure | median (range) {base} | median (range) {cur} "
-                "| current / baseline (medians) | rounds with current <= baseline |",
-                "|---|---|---|---|---|---|",
-            ]
-        for label, key in PAPER:
-            k = f"{backbone}/{key}"
-            ratio = s["current"][k]["median"] / s["baseline"][k]["median"]
-            paper.append(
-                f"| {backbone} | {label} | {cell('baseline', k)} | {cell('current', k)} | "
-                f"{ratio:.2f} | {s['not_worse_by_key'][k]} of {s['rounds']} |"
-            )
+    timed = f"--backbones {','.join(backbones)}" if backbones else "--backbones ''"
     return "\n".join([
         f"Command: `{command}`",
         "",
         "The shipped model's request path and head TTO (as in the section \"TTO (shipped "
         f"model)\"), timed by the code of this tree (`{cur}`) and of {named} (exported with "
         f"`git archive`), both on the same checkpoint (`{report['checkpoint']}`), "
-        f"each round a fresh `bench tto --backbones '' --model CKPT --repeats "
+        f"each round a fresh `bench tto {timed} --model CKPT --repeats "
         f"{report['repeats']} --threads {report['threads']}` process per tree, the order "
         "alternating between rounds so that both see the machine's drift alike.",
         "",
