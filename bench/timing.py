@@ -23,6 +23,17 @@ class BenchSettings:
     people: int = 16
     # What the shipped model's TTO adapts ("all" head weights); "output" is also timed.
     head_subset: str = "all"
+    # Freed blocks up to this size stay in the heap (`model.memory`, as in the worker); 0:
+    # glibc's defaults (or not glibc). Set by the command from METAHMR_MALLOC_KEEP_MB.
+    malloc_keep_mb: int = 0
+
+
+def memory_note(machine: dict[str, Any]) -> str:
+    """How the process's allocator was set (`model.memory`)."""
+    keep = machine.get("malloc_keep_mb", 0)
+    if not keep:
+        return "allocator: glibc's defaults"
+    return f"freed blocks up to {keep} MB kept for reuse (`METAHMR_MALLOC_KEEP_MB`, as the worker)"
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.timing import STEPS, BenchSettings, median_ms
+from bench.timing import STEPS, BenchSettings, median_ms, memory_note
 from model.checkpoint import random_checkpoint
 from model.config import BackboneConfig, RegressorConfig, TTOConfig, TTORuntime
 from model.export import export_checkpoint
@@ -229,6 +229,7 @@ def machine_info(settings: BenchSettings) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": settings.threads,
         "device": settings.device,
+        "malloc_keep_mb": settings.malloc_keep_mb,
         "note": "shared machine: other processes may have been running during the timings",
     }
     try:
@@ -306,7 +307,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, "
         f"{m['threads']} threads, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
-        + f"; load average at start {m.get('load_average_at_start')}. {m['note'].capitalize()}.",
+        + f"; load average at start {m.get('load_average_at_start')}; {memory_note(m)}. "
+        + f"{m['note'].capitalize()}.",
         "",
         f"Per person, 256x192 crop, step 0 + {STEPS} Adam steps (early stop off), head hidden "
         f"1024, body model `{report['body_model']}`. Head scope adapts the `{subset}` "
@@ -352,13 +354,18 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from model.memory import keep_freed_blocks
+    from model.settings import ModelSettings
+
     if args.backbones is None:
         args.backbones = DEFAULT_BACKBONES
+    keep_mb = ModelSettings().malloc_keep_mb
     settings = BenchSettings(
         backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
         repeats=args.repeats,
         threads=args.threads,
         device=args.device,
+        malloc_keep_mb=keep_mb if keep_freed_blocks(keep_mb) else 0,
     )
     command = command_line(args)
     sections: list[tuple[str, str]] = []

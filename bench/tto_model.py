@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.timing import STEPS, BenchSettings, median_ms, medians_in_turn_ms
+from bench.timing import STEPS, BenchSettings, median_ms, medians_in_turn_ms, memory_note
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {m['platform']}, {m['cpu_count']} cores, torch {m['torch']}, {m['threads']} "
-        f"threads, device cpu; load average at start {m.get('load_average_at_start')}. "
-        f"{m['note'].capitalize()}.",
+        f"threads, device cpu; load average at start {m.get('load_average_at_start')}; "
+        f"{memory_note(m)}. {m['note'].capitalize()}.",
         "",
         f"The request path of `{r['model']}` on `{r['image']}`, one person: forward = "
         "the worker's own stages up to the TTO (`worker.stages`: BlazePose's person detector "

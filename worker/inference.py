@@ -90,9 +90,11 @@ def check_pipeline(settings: WorkerSettings) -> str | None:
 def build_pipeline(settings: WorkerSettings) -> OnnxPipeline:
     """Load the model named by the settings (heavy: sessions, checkpoint, body model)."""
     from model.body import BUNDLED_MODEL, load_body_model
+    from model.memory import keep_freed_blocks
 
     # Explicit: torch defaults to every core, and each pool process runs its own TTO.
     torch.set_num_threads(settings.torch_threads)
+    keep_freed_blocks(settings.malloc_keep_mb)  # the TTO's large per-step tensors
     model = load_model(resolve_model_dir(settings), settings)
     device = torch.device("cuda" if settings.onnx_provider == "cuda" else "cpu")
     body = load_body_model(settings.body_model or BUNDLED_MODEL)  # these settings', not the env's
