@@ -486,6 +486,30 @@ def test_compiled_fits_of_people_with_other_zero_features_reuse_the_graphs(body,
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_compiled_fits_run_eagerly_after_a_compile_failure(body, nets, monkeypatch) -> None:
+    """Once compiling failed in a process (no C++ compiler, say), compiled fits run the same
+    steps eagerly: one person's one-graph step and, for several people in one pass, the
+    feature term's own compiled update, each falling back to its eager maths."""
+    from model import tto_step
+
+    f_w, f_u = nets
+    inputs, _ = synthetic_people(body, 3, seed=6)
+    with torch.no_grad():
+        features = f_w.backbone(inputs.images)
+        aux = f_u(inputs.images, inputs.crop.bbox_info())
+    head_inputs = replace(inputs, images=None, features=features)
+    eager = fit(f_w, head_inputs, body, FAST, aux, runtime=TTORuntime(batched=True))
+    monkeypatch.setattr(tto_step, "_COMPILE_FAILURE", "RuntimeError: no C++ compiler")
+    for batched in (True, False):
+        fell_back = fit(
+            f_w, head_inputs, body, FAST, aux, runtime=TTORuntime(compile=True, batched=batched)
+        )
+        assert tto_step.compile_failure() == "RuntimeError: no C++ compiler"
+        assert (eager.final.crop_cam - fell_back.final.crop_cam).abs().max() <= 1e-5
+        assert (eager.final.params.betas - fell_back.final.params.betas).abs().max() <= 1e-5
+    assert (eager.final.crop_cam - eager.initial.crop_cam).abs().max() > 1e-3
+
+
 def test_checkpoints_that_saved_runtime_flags_with_the_schedule_still_load() -> None:
     """Threads, compiled steps and the retired fused head engine were once saved in
     TTOConfig; they are runtime now (TTORuntime), and old checkpoints drop them."""
