@@ -180,13 +180,15 @@ class AdamSteps:
         )  # fmt: skip
         with torch.no_grad():
             for (n, p), g in zip(leaves.items(), grads, strict=True):
-                if n == FEATURE_TERM or self.optimizer is None:  # (a compile failure)
+                # The feature term, or every weight after a compile failure; compiled, one
+                # fused loop (eager, the row sums are several passes over (P, hidden, K)).
+                if n == FEATURE_TERM or self.optimizer is None:
                     z = self.z if n == FEATURE_TERM else None
                     args = (p.detach(), g, self.m[n], self.v[n], hyper, z)
-                    # compiled: one fused loop (eager, the feature term's row sums are several
-                    # passes over a (P, hidden, K) quotient)
                     out = run_compiled(adam_update, *args) if self.compiled else None
-                    self.params[n], self.m[n], self.v[n] = out or adam_update(*args)
+                    if out is None:
+                        out = adam_update(*args)
+                    self.params[n], self.m[n], self.v[n] = out
                 else:
                     # contiguous(): vmap returns transposed weight gradients, and fused Adam
                     # on CPU (torch 2.13) reads a gradient as if it had its parameter's strides.

@@ -504,7 +504,6 @@ def test_compiled_fits_run_eagerly_after_a_compile_failure(body, nets, monkeypat
         fell_back = fit(
             f_w, head_inputs, body, FAST, aux, runtime=TTORuntime(compile=True, batched=batched)
         )
-        assert tto_step.compile_failure() == "RuntimeError: no C++ compiler"
         assert (eager.final.crop_cam - fell_back.final.crop_cam).abs().max() <= 1e-5
         assert (eager.final.params.betas - fell_back.final.params.betas).abs().max() <= 1e-5
     assert (eager.final.crop_cam - eager.initial.crop_cam).abs().max() > 1e-3
