@@ -428,11 +428,13 @@ def test_recorded_steps_equal_separate_fits_of_that_many_steps(body, nets) -> No
 def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
     """runtime.compile runs each step as compiled graphs (batched: the forward and loss,
     its backward compiled with it; one person at a time: forward, gradient and Adam's
-    update as one graph): the same fit, with a skipped person and an early stop, and
-    warm_up compiles first."""
+    update as one graph, which writes the adapted copies in place): the same fit, with a
+    skipped person and an early stop, and warm_up compiles first; the network's own weights
+    stay as they were."""
     from model import tto
 
     f_w, f_u = nets
+    before = {k: v.clone() for k, v in f_w.state_dict().items()}
     inputs, keypoints = synthetic_people(body, 3, seed=4)
     keypoints[1, :, 2] = 0.0  # skipped
     inputs = replace(inputs, keypoints=keypoints)
@@ -460,6 +462,8 @@ def test_compiled_steps_equal_the_eager_fit(body, nets, subset: str) -> None:
         for ha, hb in zip(eager.loss_history, compiled.loss_history, strict=True):
             assert ha == pytest.approx(hb, rel=1e-4, abs=1e-9)
     assert (compiled.final.crop_cam - compiled.initial.crop_cam).abs().max() > 1e-3
+    after = f_w.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_compiled_fits_of_people_with_other_zero_features_reuse_the_graphs(body, nets) -> None:
