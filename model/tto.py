@@ -227,10 +227,11 @@ def default_batched(config: TTOConfig, runtime: TTORuntime | None = None) -> boo
     steps run eagerly (every person's layers then run as one product per layer,
     `model.linear_tape`; 16 people in one pass took 0.42x the time of one by one for the
     shipped head here, 0.45x for a paper-sized one). Compiled, with every head weight
-    adapting, it loops: each person's step is one fused graph, while several people's step
-    runs under vmap, and for the shipped head the loop is the faster (16 people: one pass
-    1.1x the loop's time, measured in one process here; for a paper-sized resnet50 head one
-    pass is the faster, 0.8x; `docs/benchmarks.md`)."""
+    adapting, it loops: each person's step is one fused graph that updates the weights in
+    place, while several people's step runs under vmap and updates them with
+    torch.optim.Adam; the loop is the faster (16 paper-sized resnet50 heads: one pass 1.24x
+    the loop's time, alternating in one process here; `docs/benchmarks.md` times the one
+    pass)."""
     compiled = runtime is not None and runtime.compile
     return config.head_subset == "output" or not compiled
 
