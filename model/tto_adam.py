@@ -252,7 +252,8 @@ def _compiled_step(
     instead would double the memory a step touches (the old and the new weights, and their
     moments, are both live during the update; 24 MB for a paper-sized head's fc2). One
     compiled fit of a paper-sized resnet18 head took 0.82x the time in place (medians of 30
-    alternating rounds of two processes here, in place faster in 29).
+    alternating rounds of two processes here, in place faster in 29; 0.83x in another run;
+    once, with the shared machine heavily loaded, 1.13x).
     """
     grads, flat = grad_and_flat(module, params, batch, body, weights, "2d")
     for n, p in params.items():
