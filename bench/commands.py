@@ -51,8 +51,9 @@ def _register_tto(bench: Any) -> None:
     tto.add_argument("--no-doc", action="store_true", help="do not touch the markdown file")
     tto.add_argument(
         "--against", metavar="REV",
-        help="instead: time the shipped model's TTO ratios with this tree's code and REV's "
-        "(a git revision), in alternating rounds (bench/tto_against.py)",
+        help="instead: time the shipped model's TTO (and --backbones') with this tree's code "
+        "and REV's (a git revision), one warm process per tree taking turns in rounds "
+        "(bench/tto_against.py); --repeats: passes per side and round",
     )
     tto.add_argument("--rounds", type=int, default=6, help="with --against: rounds per tree")
     tto.set_defaults(func=_tto)

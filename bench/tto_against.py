@@ -1,14 +1,17 @@
-"""`metahmr bench tto --against REV`: the shipped-model TTO ratios of this tree against an
+"""`metahmr bench tto --against REV`: the TTO's times and ratios by this tree's code against an
 earlier revision's, measured in alternating rounds on the same machine.
 
 One `bench tto` run moves with the shared machine (its ratios have ranged over ±25% between
-runs of the same code), so a single run before a change and a single run after it cannot say
-whether the change made the TTO slower. Here each round runs `metahmr bench tto --backbones ''
---model CKPT --no-doc --json` once in this tree and once in REV's (exported with `git archive`
-into a temporary folder), in a fresh process each, the order alternating from round to round.
-Both time the same checkpoint: REV's shipped model, which this tree loads too (old
-checkpoints load). Reported: every round's eager / forward and compiled / forward ratios,
-their medians and ranges, and in how many rounds this tree's ratio was at most REV's.
+runs of the same code), and so did fresh processes per round: a process's start-up state
+(allocator, thread placement, compile caches) moved the paper-sized rows as much as the
+engines differ. So each tree gets one long-lived process (`bench/tto_side.py`), started in that
+tree (REV's exported with `git archive` into a temporary folder) and set up by that tree's own
+`bench tto --backbones B --model CKPT` code, with its median timer swapped for a recorder that
+keeps the functions it would have timed. Both set up, warm, and take turns: each round one side
+times every function `repeats` passes, then the other, the order alternating from round to
+round. Both time the same checkpoint: REV's shipped model, which this tree loads too (old
+checkpoints load). Reported: every round's times and ratios, their medians and ranges, and in
+how many rounds this tree's was at most REV's.
 """
 
 from __future__ import annotations
@@ -27,21 +30,33 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.tto_side import MARK
+
 log = logging.getLogger(__name__)
 
 SECTION = "TTO (shipped model) against an earlier revision"
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = Path("model/assets/default/model.pt")
-# What a side's process runs: the `metahmr` command of the tree it starts in (its folder is
-# sys.path's first entry, ahead of the installed package).
-BOOT = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
-RATIOS = (("eager", "head_tto_overhead"), ("compiled", "head_tto_compiled_overhead"))
+# What a side's process runs, in the tree it starts in (its folder is sys.path's first entry,
+# ahead of the installed package).
+SIDE = Path(__file__).resolve().with_name("tto_side.py")
+# The shipped model's rows: (label, key), lower being better for each.
+SHIPPED_ROWS = (
+    ("eager / fwd", "head_tto_overhead"),
+    ("compiled / fwd", "head_tto_compiled_overhead"),
+    ("eager (ms)", "head_tto_ms"),
+    ("compiled (ms)", "head_tto_compiled_ms"),
+)
 TIMES = ("forward_ms", "head_tto_ms", "head_tto_compiled_ms")
+# A paper-sized backbone's recorded functions (`bench.tto.bench_backbone`'s result keys).
+PAPER_TIMES = (*TIMES, "batch16_ms", "batch16_compiled_ms")
 # With --backbones, the paper-sized rows of `bench tto` too (keys "<backbone>/<key>"): what
 # is compared, as (label, key), lower being better for each.
 PAPER = (
     ("eager / fwd", "head_tto_overhead"),
     ("compiled / fwd", "head_tto_compiled_overhead"),
+    ("eager (ms)", "head_tto_ms"),
+    ("compiled (ms)", "head_tto_compiled_ms"),
     ("16 people eager (ms)", "batch16_ms"),
     ("16 / 1 eager", "batch16_over_single"),
     ("16 / 1 compiled", "batch16_over_single_compiled"),
@@ -70,32 +85,94 @@ def tree_state(root: Path = ROOT) -> str:
     return sha + ("+changes" if dirty else "")
 
 
-def run_side(
-    tree: Path, checkpoint: Path, repeats: int, threads: int, out: Path,
-    backbones: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """One `bench tto` of `checkpoint`'s request path (and of random paper-sized regressors
-    with `backbones`) by the code in `tree`, in a new process."""
-    cmd = [
-        sys.executable, "-c", BOOT, "bench", "tto", "--backbones", ",".join(backbones),
-        "--model", str(checkpoint), "--repeats", str(repeats), "--threads", str(threads),
-        "--no-doc", "--json", str(out),
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"bench tto in {tree} exited {done.returncode}:\n{tail}")
-    report = json.loads(out.read_text())
-    result: dict[str, Any] = report["model_result"]
-    for r in [result, *report.get("results", [])]:
-        if r.get("compile_fell_back"):
-            raise RuntimeError(
-                f"bench tto in {tree}: compiled TTO fell back to eager: {r['compile_fell_back']}"
-            )
-    row = {k: result[k] for k in (*TIMES, *(key for _, key in RATIOS))}
-    for r in report.get("results", []):
-        row.update({f"{r['backbone']}/{key}": r[key] for _, key in PAPER})
+class Side:
+    """One tree's warm `bench/tto_side.py` process: started in `tree` (whose code it runs),
+    set up as that tree's `bench tto --backbones B --model CKPT` sets up, then timing what it
+    is asked, when asked. Its stderr goes to `log`."""
+
+    def __init__(
+        self, tree: Path, checkpoint: Path, threads: int, backbones: tuple[str, ...], log: Path
+    ) -> None:
+        boot = f"import runpy; runpy.run_path({str(SIDE)!r}, run_name='__main__')"
+        cmd = [
+            sys.executable, "-c", boot, "--backbones", ",".join(backbones),
+            "--model", str(checkpoint), "--threads", str(threads),
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.tree, self.log = tree, log
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(
+                cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=err, text=True,
+            )  # fmt: skip
+        self.keys: list[str] = []
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK) :])
+        code = self.proc.wait()
+        tail = "\n".join(self.log.read_text(errors="replace").strip().splitlines()[-15:])
+        raise RuntimeError(f"bench tto side in {self.tree} exited {code}:\n{tail}")
+
+    def ready(self) -> list[str]:
+        """Wait for the set-up; refuse one whose compiled TTO fell back to eager."""
+        hello = self._read()
+        for name, why in hello["fell_back"].items():
+            if why:
+                raise RuntimeError(
+                    f"bench tto in {self.tree} ({name}): compiled TTO fell back to eager: {why}"
+                )
+        self.keys = hello["keys"]
+        return self.keys
+
+    def time(self, keys: list[str], passes: int) -> dict[str, list[float]]:
+        """Each key's times (ms) over `passes` passes, one call of each per pass."""
+        assert self.proc.stdin is not None
+        missing = [k for k in keys if k not in self.keys]
+        if missing:
+            raise RuntimeError(f"bench tto in {self.tree} times no {missing}")
+        self.proc.stdin.write(json.dumps({"time": keys, "passes": passes}) + "\n")
+        self.proc.stdin.flush()
+        times: dict[str, list[float]] = self._read()
+        return times
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def timed_keys(backbones: tuple[str, ...]) -> list[str]:
+    """What each side times every round: the shipped model's forward and fits, and each
+    paper-sized backbone's forward, one-person and 16-people fits."""
+    return [*TIMES, *(f"{b}/{key}" for b in backbones for key in PAPER_TIMES)]
+
+
+def round_row(times: dict[str, list[float]], backbones: tuple[str, ...]) -> dict[str, float]:
+    """One side's round: each time's median, and the ratios `bench tto` reports from them."""
+    m = {key: statistics.median(values) for key, values in times.items()}
+    row = {key: m[key] for key in TIMES}
+    row["head_tto_overhead"] = m["head_tto_ms"] / m["forward_ms"]
+    row["head_tto_compiled_overhead"] = m["head_tto_compiled_ms"] / m["forward_ms"]
+    for b in backbones:
+        p = f"{b}/"
+        row.update({
+            p + "head_tto_ms": m[p + "head_tto_ms"],
+            p + "head_tto_compiled_ms": m[p + "head_tto_compiled_ms"],
+            p + "head_tto_overhead": m[p + "head_tto_ms"] / m[p + "forward_ms"],
+            p + "head_tto_compiled_overhead": m[p + "head_tto_compiled_ms"] / m[p + "forward_ms"],
+            p + "batch16_ms": m[p + "batch16_ms"],
+            p + "batch16_over_single": m[p + "batch16_ms"] / m[p + "head_tto_ms"],
+            p + "batch16_over_single_compiled": (
+                m[p + "batch16_compiled_ms"] / m[p + "head_tto_compiled_ms"]
+            ),
+        })  # fmt: skip
     return row
 
 
@@ -137,15 +214,24 @@ def compare(
         if not checkpoint.is_file():
             raise ValueError(f"{rev} has no shipped model at {SHIPPED}")
         trees = {"current": root, "baseline": base_tree}
+        sides: dict[str, Side] = {}
         measured: list[dict[str, Any]] = []
-        for i in range(rounds):
-            order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
-            entry: dict[str, Any] = {"first": order[0]}
-            for side in order:
-                out = Path(tmp) / f"{side}-{i}.json"
-                entry[side] = run_side(trees[side], checkpoint, repeats, threads, out, backbones)
-                log.info("round %d %s: %s", i + 1, side, entry[side])
-            measured.append(entry)
+        keys = timed_keys(backbones)
+        try:
+            for name, tree in trees.items():  # both set up at once; the set-up is not timed
+                sides[name] = Side(tree, checkpoint, threads, backbones, Path(tmp) / f"{name}.log")
+            for side in sides.values():
+                side.ready()
+            for i in range(rounds):
+                order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
+                entry: dict[str, Any] = {"first": order[0]}
+                for name in order:
+                    entry[name] = round_row(sides[name].time(keys, repeats), backbones)
+                    log.info("round %d %s: %s", i + 1, name, entry[name])
+                measured.append(entry)
+        finally:
+            for side in sides.values():
+                side.close()
     return {
         "baseline": {"rev": rev, "commit": sha},
         "current": tree_state(root),
@@ -178,7 +264,7 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
 
     def cells(key: str) -> str:
         """median (range) of each side, current / baseline of the medians, rounds not worse."""
-        digits = 0 if key.endswith("_ms") else 2
+        digits = 1 if key.endswith("_ms") else 2
         shown = [
             f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
             for v in (s["baseline"][key], s["current"][key])
@@ -188,8 +274,8 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
 
     medians = f"median (range) {base} | median (range) {cur} | current / baseline (medians) "
     medians += "| rounds with current <= baseline |"
-    summary = ["| ratio | " + medians, "|---|---|---|---|---|"]
-    summary += [f"| {name} / fwd | {cells(key)} |" for name, key in RATIOS]
+    summary = ["| measure | " + medians, "|---|---|---|---|---|"]
+    summary += [f"| {label} | {cells(key)} |" for label, key in SHIPPED_ROWS]
     backbones = report.get("backbones", [])
     paper: list[str] = []
     if backbones:
@@ -211,10 +297,13 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         "",
         "The shipped model's request path and head TTO (as in the section \"TTO (shipped "
         f"model)\"), timed by the code of this tree (`{cur}`) and of {named} (exported with "
-        f"`git archive`), both on the same checkpoint (`{report['checkpoint']}`), "
-        f"each round a fresh `bench tto {timed} --model CKPT --repeats "
-        f"{report['repeats']} --threads {report['threads']}` process per tree, the order "
-        "alternating between rounds so that both see the machine's drift alike.",
+        f"`git archive`), both on the same checkpoint (`{report['checkpoint']}`). Each tree "
+        f"has one long-lived process, set up by its own `bench tto {timed} --model CKPT "
+        f"--threads {report['threads']}` code (`bench/tto_side.py`: the functions that code "
+        "would time, kept, warmed up, then timed when asked); the two take turns, each round "
+        f"one side timing every function {report['repeats']} passes (the median of each "
+        "taken), then the other, the order alternating between rounds so that both see the "
+        "machine's drift alike.",
         "",
         *rows,
         "",

@@ -3,14 +3,24 @@ earlier revision's, in alternating rounds."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import tto_against
-from bench.tto_against import compare, export_tree, render_markdown, run_side, summarise, tree_state
+from bench.tto_against import (
+    PAPER_TIMES,
+    TIMES,
+    Side,
+    compare,
+    export_tree,
+    render_markdown,
+    round_row,
+    summarise,
+    timed_keys,
+    tree_state,
+)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -96,53 +106,105 @@ def test_render_markdown_has_every_round_and_the_summary() -> None:
     assert "| 2 | 1234567 | 40.0 | 36.0 | 3.00 | 2.80 | 0.70 | 0.70 |" in text
     assert "| eager / fwd | 2.40 (2.00–3.00) | 2.50 (2.20–2.80) | 1.04 | 2 of 3 |" in text
     assert "| compiled / fwd | 0.60 (0.50–0.70) | 0.65 (0.40–0.70) | 1.08 | 2 of 3 |" in text
+    # eager ms: baseline 60, 120, 81.6; current 80, 100.8, 66
+    assert "| eager (ms) | 81.6 (60.0–120.0) | 80.0 (66.0–100.8) | 0.98 | 2 of 3 |" in text
+    assert "one long-lived process, set up by its own `bench tto --backbones '' --model CKPT" in text
     assert "of `v1` (`abcdef0`) (exported" in text
-    assert "paper-sized" not in text and "`bench tto --backbones '' --model CKPT" in text
+    assert "paper-sized" not in text
     report["baseline"]["rev"] = "abcdef01"
     assert "of `abcdef0` (exported" in render_markdown(report, "c")
 
 
-def _stub_tree(tmp_path: Path, body: str) -> Path:
-    tree = tmp_path / "stub"
-    tree.mkdir()
-    (tree / "cli.py").write_text(body)
+# A tree with its own `bench tto` set-up, as far as bench/tto_side.py uses it: two timed
+# functions that sleep (forward 40 ms, eager fit 20 ms, compiled 10 ms), recorded through the
+# module's median timer; the shipped model's through bench.tto_model's own import of it.
+STUB_TTO = """
+import time
+FELL_BACK = None
+def median_ms(fn, repeats):
+    raise AssertionError('the side must record, not time')
+def _nap(ms):
+    return lambda: time.sleep(ms / 1000)
+def bench_backbone(name, settings, body):
+    r = {'backbone': name, 'compile_fell_back': FELL_BACK}
+    for key, ms in (('forward_ms', 40), ('head_tto_ms', 20), ('head_tto_compiled_ms', 10),
+                    ('batch16_ms', 80), ('batch16_compiled_ms', 60), ('full_tto_ms', 999)):
+        r[key] = median_ms(_nap(ms), settings)
+    r['head_tto_overhead'] = r['head_tto_ms'] / r['forward_ms']
+    return r
+def render_markdown(report):
+    raise AssertionError('nothing to render')
+def run_from_args(args):
+    assert args.no_doc and args.json is None and args.threads == 1
+    [bench_backbone(b, args.repeats, None) for b in args.backbones.split(',') if b]
+    from bench.tto_model import bench_model
+    bench_model(args.model, args.repeats, None)
+    return 0
+"""
+STUB_TTO_MODEL = """
+from bench.tto import FELL_BACK, _nap, median_ms as _median_ms
+def bench_model(checkpoint, settings, body):
+    assert checkpoint.endswith('model.pt')
+    r = {'compile_fell_back': FELL_BACK}
+    r['forward_ms'] = _median_ms(_nap(40), settings)
+    r['head_tto_ms'] = _median_ms(_nap(20), settings)
+    r['head_tto_compiled_ms'] = _median_ms(_nap(10), settings)
+    r['head_tto_overhead'] = r['head_tto_ms'] / r['forward_ms']
+    return r
+"""
+
+
+def _stub_tree(tmp_path: Path, tto: str = STUB_TTO, name: str = "stub") -> Path:
+    tree = tmp_path / name
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "tto.py").write_text(tto)
+    (tree / "bench" / "tto_model.py").write_text(STUB_TTO_MODEL)
     return tree
 
 
-def test_run_side_runs_the_code_of_its_tree(tmp_path: Path) -> None:
-    # A tree whose `metahmr` records what it was asked and answers as `bench tto --json` does:
-    # run_side must run this file, not the installed package's cli.
-    tree = _stub_tree(tmp_path, (
-        "import json, sys\n"
-        "def main(argv):\n"
-        "    out = argv[argv.index('--json') + 1]\n"
-        "    r = {'forward_ms': 10.0, 'head_tto_ms': 20.0, 'head_tto_compiled_ms': 5.0,\n"
-        "         'head_tto_overhead': 2.0, 'head_tto_compiled_overhead': 0.5, 'argv': argv}\n"
-        "    json.dump({'model_result': r}, open(out, 'w'))\n"
-        "    return 0\n"
-    ))  # fmt: skip
-    out = tmp_path / "r.json"
-    got = run_side(tree, Path("/x/model.pt"), repeats=4, threads=1, out=out)
-    assert got == _side(10.0, 2.0, 0.5)
-    argv = json.loads(out.read_text())["model_result"]["argv"]
-    assert argv[:5] == ["bench", "tto", "--backbones", "", "--model"]
-    assert argv[5:] == ["/x/model.pt", "--repeats", "4", "--threads", "1", "--no-doc", "--json", str(out)]
+def test_a_side_runs_its_trees_set_up_and_times_what_it_recorded(tmp_path: Path) -> None:
+    tree = _stub_tree(tmp_path)
+    side = Side(tree, Path("/x/model.pt"), threads=1, backbones=("r18",), log=tmp_path / "s.log")
+    try:
+        keys = side.ready()
+        # the stub's own timed functions, the shipped model's unprefixed; derived values not
+        assert set(keys) == {*TIMES, *(f"r18/{k}" for k in (*PAPER_TIMES, "full_tto_ms"))}
+        times = side.time(timed_keys(("r18",)), passes=3)
+    finally:
+        side.close()
+    assert set(times) == set(timed_keys(("r18",)))
+    assert all(len(v) == 3 for v in times.values())
+    row = round_row(times, ("r18",))
+    assert 40.0 <= row["forward_ms"] < 60.0
+    assert 10.0 <= row["head_tto_compiled_ms"] < 30.0
+    assert row["head_tto_overhead"] == pytest.approx(row["head_tto_ms"] / row["forward_ms"])
+    assert 0.3 < row["head_tto_overhead"] < 0.7  # 20 ms on 40
+    assert 2.0 < row["r18/batch16_over_single_compiled"] < 8.0  # 60 ms on 10
+    assert row["r18/batch16_ms"] >= 80.0
+    assert set(row) == {*TIMES, "head_tto_overhead", "head_tto_compiled_overhead",
+                        *(f"r18/{key}" for _, key in tto_against.PAPER)}  # fmt: skip
 
 
-def test_run_side_reports_a_failed_run_and_a_compile_fallback(tmp_path: Path) -> None:
-    tree = _stub_tree(tmp_path, "import sys\ndef main(argv):\n    print('boom', file=sys.stderr)\n    return 3\n")
-    with pytest.raises(RuntimeError, match=r"exited 3:\nboom"):
-        run_side(tree, Path("m.pt"), 1, 1, tmp_path / "r.json")
-    fell_back = tmp_path / "fb"
-    fell_back.mkdir()
-    (fell_back / "cli.py").write_text(
-        "import json\ndef main(argv):\n"
-        "    r = {'compile_fell_back': 'no compiler'}\n"
-        "    json.dump({'model_result': r}, open(argv[argv.index('--json') + 1], 'w'))\n"
-        "    return 0\n"
-    )
-    with pytest.raises(RuntimeError, match="fell back to eager: no compiler"):
-        run_side(fell_back, Path("m.pt"), 1, 1, tmp_path / "r2.json")
+def test_a_side_reports_a_failed_set_up_and_a_compile_fallback(tmp_path: Path) -> None:
+    broken = _stub_tree(tmp_path, STUB_TTO + "def run_from_args(args):\n    raise OSError('boom')\n")
+    side = Side(broken, Path("m.pt"), 1, (), tmp_path / "b.log")
+    with pytest.raises(RuntimeError, match=r"side in .*broken|exited 1:(.|\n)*OSError: boom"):
+        side.ready()
+    side.close()
+    fell_back = _stub_tree(tmp_path, STUB_TTO.replace("FELL_BACK = None", "FELL_BACK = 'no cc'"), "fb")
+    side = Side(fell_back, Path("/x/model.pt"), 1, (), tmp_path / "f.log")
+    with pytest.raises(RuntimeError, match=r"\(model\): compiled TTO fell back to eager: no cc"):
+        side.ready()
+    side.close()
+
+
+def test_a_side_refuses_a_tree_without_a_timer_to_record(tmp_path: Path) -> None:
+    tree = _stub_tree(tmp_path, STUB_TTO.replace("def median_ms(", "def other_timer("))
+    side = Side(tree, Path("/x/model.pt"), 1, (), tmp_path / "n.log")
+    with pytest.raises(RuntimeError, match="no median timer to record"):
+        side.ready()
+    side.close()
 
 
 def test_compare_refuses_bad_counts_and_a_revision_without_a_shipped_model(repo: Path) -> None:
@@ -181,22 +243,7 @@ def test_render_markdown_adds_the_paper_sized_rows_when_timed() -> None:
     text = render_markdown(report, "c")
     assert "`bench tto --backbones resnet18 --model CKPT" in text
     # baseline 900, 901, 902; current 800, 900, 1000: medians 901 and 900, 2 rounds not worse
-    assert "| resnet18 | 16 people eager (ms) | 901 (900–902) | 900 (800–1000) | 1.00 | 2 of 3 |" in text
+    assert (
+        "| resnet18 | 16 people eager (ms) | 901.0 (900.0–902.0) | 900.0 (800.0–1000.0) | 1.00 | 2 of 3 |"
+    ) in text
     assert "| resnet18 | eager / fwd | 1.00 (1.00–1.00) | 1.00 (1.00–1.00) | 1.00 | 3 of 3 |" in text
-
-
-def test_run_side_passes_the_backbones_and_reads_their_rows(tmp_path: Path) -> None:
-    tree = _stub_tree(tmp_path, (
-        "import json\n"
-        "def main(argv):\n"
-        "    r = {'forward_ms': 10.0, 'head_tto_ms': 20.0, 'head_tto_compiled_ms': 5.0,\n"
-        "         'head_tto_overhead': 2.0, 'head_tto_compiled_overhead': 0.5}\n"
-        "    rows = [{'backbone': b, 'head_tto_overhead': 0.9, 'head_tto_compiled_overhead': 0.3,\n"
-        "             'batch16_ms': 900.0, 'batch16_over_single': 9.0, 'batch16_over_single_compiled': 20.0}\n"
-        "            for b in argv[argv.index('--backbones') + 1].split(',')]\n"
-        "    json.dump({'model_result': r, 'results': rows}, open(argv[argv.index('--json') + 1], 'w'))\n"
-        "    return 0\n"
-    ))  # fmt: skip
-    got = run_side(tree, Path("m.pt"), 1, 1, tmp_path / "r.json", ("resnet18", "resnet50"))
-    assert got["resnet50/batch16_ms"] == 900.0 and got["resnet18/batch16_over_single"] == 9.0
-    assert got["head_tto_overhead"] == 2.0
