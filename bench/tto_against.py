@@ -42,6 +42,7 @@ SHIPPED = Path("model/assets/default/model.pt")
 SIDE = Path(__file__).resolve().with_name("tto_side.py")
 # The shipped model's rows: (label, key), lower being better for each.
 SHIPPED_ROWS = (
+    ("forward (ms)", "forward_ms"),
     ("eager / fwd", "head_tto_overhead"),
     ("compiled / fwd", "head_tto_compiled_overhead"),
     ("eager (ms)", "head_tto_ms"),
@@ -53,6 +54,7 @@ PAPER_TIMES = (*TIMES, "batch16_ms", "batch16_compiled_ms")
 # With --backbones, the paper-sized rows of `bench tto` too (keys "<backbone>/<key>"): what
 # is compared, as (label, key), lower being better for each.
 PAPER = (
+    ("ONNX forward (ms)", "forward_ms"),
     ("eager / fwd", "head_tto_overhead"),
     ("compiled / fwd", "head_tto_compiled_overhead"),
     ("eager (ms)", "head_tto_ms"),
@@ -163,6 +165,7 @@ def round_row(times: dict[str, list[float]], backbones: tuple[str, ...]) -> dict
     for b in backbones:
         p = f"{b}/"
         row.update({
+            p + "forward_ms": m[p + "forward_ms"],
             p + "head_tto_ms": m[p + "head_tto_ms"],
             p + "head_tto_compiled_ms": m[p + "head_tto_compiled_ms"],
             p + "head_tto_overhead": m[p + "head_tto_ms"] / m[p + "forward_ms"],
@@ -303,7 +306,11 @@ def render_markdown(report: dict[str, Any], command: str) -> str:
         "would time, kept, warmed up, then timed when asked); the two take turns, each round "
         f"one side timing every function {report['repeats']} passes (the median of each "
         "taken), then the other, the order alternating between rounds so that both see the "
-        "machine's drift alike.",
+        "machine's drift alike. A pass calls every function once, in turn, so the times are "
+        "of fits that follow other work, not of `bench tto`'s back-to-back repeats. Each "
+        "\"/ fwd\" ratio divides by its side's forward of the same round (the shipped "
+        "model's request path up to the TTO's inputs; a paper-sized model's ONNX forward), "
+        "so a slower forward lowers it: read it with the forward and ms rows.",
         "",
         *rows,
         "",

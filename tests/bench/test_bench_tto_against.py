@@ -106,6 +106,7 @@ def test_render_markdown_has_every_round_and_the_summary() -> None:
     assert "| 2 | 1234567 | 40.0 | 36.0 | 3.00 | 2.80 | 0.70 | 0.70 |" in text
     assert "| eager / fwd | 2.40 (2.00–3.00) | 2.50 (2.20–2.80) | 1.04 | 2 of 3 |" in text
     assert "| compiled / fwd | 0.60 (0.50–0.70) | 0.65 (0.40–0.70) | 1.08 | 2 of 3 |" in text
+    assert "| forward (ms) | 34.0 (30.0–40.0) | 32.0 (30.0–36.0) | 0.94 | 2 of 3 |" in text
     # eager ms: baseline 60, 120, 81.6; current 80, 100.8, 66
     assert "| eager (ms) | 81.6 (60.0–120.0) | 80.0 (66.0–100.8) | 0.98 | 2 of 3 |" in text
     assert "one long-lived process, set up by its own `bench tto --backbones '' --model CKPT" in text
