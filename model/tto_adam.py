@@ -3,7 +3,7 @@
 `AdamSteps` holds the adapted weights and Adam's moments for P people and runs one step at a
 time: the loss and its gradient, then Adam's update. Eager, the gradient comes from
 `model.tto_step.loss_and_grad` (the head's linear layers get theirs from
-`model.linear_tape`, one product a layer, into `grad_buffers` for several people) and the
+`model.linear_tape`, one product a layer, into `grad_buffers` kept from step to step) and the
 dense weights step with `torch.optim.Adam` (its fused kernel). Compiled
 (`TTORuntime.compile`, one person), the forward, the loss, its gradient
 (`torch.func.grad_and_value`) and the update are one `torch.compile`d graph, one call a

@@ -224,8 +224,8 @@ def loss_and_grad(
     compiles with it; the gradient is still `torch.autograd.grad` of its loss. That removes
     the per-operation overhead that dominates a small head's step on a CPU. The gradients
     are constants either way (no graph through them). grad_buffers: where the tape writes
-    per-person weight gradients, kept by the caller between steps (the gradients returned
-    are then those buffers, valid until the next call).
+    per-person (or one person's) weight gradients, kept by the caller between steps (the
+    gradients returned are then those buffers, valid until the next call).
     """
     names = list(params)
     # Eager: the linear layers the tape records get their weight gradients from it

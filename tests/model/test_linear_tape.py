@@ -25,16 +25,16 @@ def head() -> RegressorHead:
     return head
 
 
-def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(rows: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    features = torch.randn(2, 12, generator=gen)
-    bbox = torch.randn(2, 3, generator=gen)
-    target = torch.randn(2, 157, generator=gen)
+    features = torch.randn(rows, 12, generator=gen)
+    bbox = torch.randn(rows, 3, generator=gen)
+    target = torch.randn(rows, 157, generator=gen)
     return features, bbox, target
 
 
-def _loss(head: RegressorHead, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    features, bbox, target = _inputs()
+def _loss(head: RegressorHead, params: dict[str, torch.Tensor], rows: int = 2) -> torch.Tensor:
+    features, bbox, target = _inputs(rows)
     pose, betas, cam = _raw(head, params, features, bbox)
     return ((torch.cat([pose, betas, cam], 1) - target) ** 2).sum()
 
@@ -57,18 +57,20 @@ def _leaves(head: RegressorHead, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: own[n].detach().clone().requires_grad_(True) for n in names}
 
 
-def _autograd(head: RegressorHead, names: list[str]) -> dict[str, torch.Tensor]:
+def _autograd(head: RegressorHead, names: list[str], rows: int = 2) -> dict[str, torch.Tensor]:
     params = _leaves(head, names)
-    grads = torch.autograd.grad(_loss(head, params), list(params.values()))
+    grads = torch.autograd.grad(_loss(head, params, rows), list(params.values()))
     return dict(zip(names, grads, strict=True))
 
 
-def _taped(head: RegressorHead, names: list[str]) -> tuple[dict[str, torch.Tensor], LinearTape]:
+def _taped(
+    head: RegressorHead, names: list[str], rows: int = 2, buffers: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], LinearTape]:
     params = _leaves(head, names)
-    tape = LinearTape(params)
+    tape = LinearTape(params, buffers)
     with tape.recording():
         assert active_tape() is tape
-        loss = _loss(head, params)
+        loss = _loss(head, params, rows)
     assert active_tape() is None
     rest = [n for n in names if n not in tape.covered]
     found = torch.autograd.grad(loss, [*tape.outputs, *(params[n] for n in rest)])
@@ -91,6 +93,25 @@ def test_every_layers_gradient_equals_autograds(head: RegressorHead) -> None:
     counts = {w: sum(1 for name, _, _ in tape.calls if name == w) for w in layers}
     assert counts == {"fc1_feat.weight": 1, "fc1_state.weight": 3, "fc2.weight": 3, "dec.weight": 3}
     assert "fc1_state.bias" not in tape.covered  # that layer has no bias
+
+
+def test_one_persons_gradients_equal_autograds_in_the_callers_buffers(head: RegressorHead) -> None:
+    # One row a call: each layer's gradient is the sum of its rank-one terms, formed in place
+    # in the buffer the caller keeps (reused, not reallocated, on the next step).
+    names = [n for n, _ in head.named_parameters()]
+    want = _autograd(head, names, rows=1)
+    buffers: dict[str, torch.Tensor] = {}
+    got, _ = _taped(head, names, rows=1, buffers=buffers)
+    assert set(buffers) == {"fc1_feat.weight", "fc1_state.weight", "fc2.weight", "dec.weight"}
+    for n in names:
+        assert got[n].shape == want[n].shape and got[n].is_contiguous(), n
+        assert torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-6), n
+        assert want[n].abs().max() > 1e-4, n
+    assert got["fc2.weight"] is buffers["fc2.weight"]
+    kept = buffers["fc2.weight"].data_ptr()
+    again, _ = _taped(head, names, rows=1, buffers=buffers)
+    assert again["fc2.weight"].data_ptr() == kept
+    assert torch.allclose(again["fc2.weight"], want["fc2.weight"], rtol=1e-5, atol=1e-6)
 
 
 def test_only_the_adapted_layers_are_recorded(head: RegressorHead) -> None:
