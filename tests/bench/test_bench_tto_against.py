@@ -58,6 +58,13 @@ def test_export_tree_writes_the_revision_not_the_working_tree(repo: Path, tmp_pa
 def test_tree_state_says_when_the_working_tree_differs(repo: Path) -> None:
     short = _git(repo, "rev-parse", "--short", "HEAD")
     assert tree_state(repo) == short
+    (repo / "docs").mkdir()
+    (repo / "docs" / "bench.md").write_text("results\n")
+    _git(repo, "add", "docs/bench.md")
+    _git(repo, "commit", "-q", "-m", "docs")
+    short = _git(repo, "rev-parse", "--short", "HEAD")
+    (repo / "docs" / "bench.md").write_text("new results\n")  # what a benchmark writes
+    assert tree_state(repo) == short
     (repo / "a.txt").write_text("changed\n")
     assert tree_state(repo) == short + "+changes"
 
@@ -111,7 +118,7 @@ def test_render_markdown_has_every_round_and_the_summary() -> None:
     assert "| eager (ms) | 81.6 (60.0–120.0) | 80.0 (66.0–100.8) | 0.98 | 2 of 3 |" in text
     assert "one long-lived process, set up by its own `bench tto --backbones '' --model CKPT" in text
     assert "of `v1` (`abcdef0`) (exported" in text
-    assert "paper-sized" not in text
+    assert "Random paper-sized regressors" not in text
     report["baseline"]["rev"] = "abcdef01"
     assert "of `abcdef0` (exported" in render_markdown(report, "c")
 
