@@ -55,10 +55,7 @@ PAPER_TIMES = (*TIMES, "batch16_ms", "batch16_compiled_ms")
 # is compared, as (label, key), lower being better for each.
 PAPER = (
     ("ONNX forward (ms)", "forward_ms"),
-    ("eager / fwd", "head_tto_overhead"),
-    ("compiled / fwd", "head_tto_compiled_overhead"),
-    ("eager (ms)", "head_tto_ms"),
-    ("compiled (ms)", "head_tto_compiled_ms"),
+    *SHIPPED_ROWS[1:],
     ("16 people eager (ms)", "batch16_ms"),
     ("16 people compiled (ms)", "batch16_compiled_ms"),
     ("16 / 1 eager", "batch16_over_single"),
@@ -161,25 +158,15 @@ def timed_keys(backbones: tuple[str, ...]) -> list[str]:
 
 def round_row(times: dict[str, list[float]], backbones: tuple[str, ...]) -> dict[str, float]:
     """One side's round: each time's median, and the ratios `bench tto` reports from them."""
-    m = {key: statistics.median(values) for key, values in times.items()}
-    row = {key: m[key] for key in TIMES}
-    row["head_tto_overhead"] = m["head_tto_ms"] / m["forward_ms"]
-    row["head_tto_compiled_overhead"] = m["head_tto_compiled_ms"] / m["forward_ms"]
-    for b in backbones:
-        p = f"{b}/"
-        row.update({
-            p + "forward_ms": m[p + "forward_ms"],
-            p + "head_tto_ms": m[p + "head_tto_ms"],
-            p + "head_tto_compiled_ms": m[p + "head_tto_compiled_ms"],
-            p + "head_tto_overhead": m[p + "head_tto_ms"] / m[p + "forward_ms"],
-            p + "head_tto_compiled_overhead": m[p + "head_tto_compiled_ms"] / m[p + "forward_ms"],
-            p + "batch16_ms": m[p + "batch16_ms"],
-            p + "batch16_compiled_ms": m[p + "batch16_compiled_ms"],
-            p + "batch16_over_single": m[p + "batch16_ms"] / m[p + "head_tto_ms"],
-            p + "batch16_over_single_compiled": (
-                m[p + "batch16_compiled_ms"] / m[p + "head_tto_compiled_ms"]
-            ),
-        })  # fmt: skip
+    row = {key: statistics.median(values) for key, values in times.items()}
+    for p in ("", *(f"{b}/" for b in backbones)):
+        for fit in ("head_tto", "head_tto_compiled"):
+            row[f"{p}{fit}_overhead"] = row[f"{p}{fit}_ms"] / row[p + "forward_ms"]
+    for p in (f"{b}/" for b in backbones):
+        row[p + "batch16_over_single"] = row[p + "batch16_ms"] / row[p + "head_tto_ms"]
+        row[p + "batch16_over_single_compiled"] = (
+            row[p + "batch16_compiled_ms"] / row[p + "head_tto_compiled_ms"]
+        )
     return row
 
 

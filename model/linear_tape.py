@@ -18,12 +18,12 @@ with g_i = dL/dy_i: the gradient autograd gives, summed in another order. Everyt
 Per-person copies (P, out, in) (several people fitted in one pass) run as each person's row
 against their own transposed copy, and their gradients sum_i g_i x_i^T as broadcast
 products accumulated into a buffer the caller keeps between steps: no vmap, no per-person
-weight gradient written out per application. One person's shared weights (one row a call)
-get the same: three rank-one terms accumulated in place, where a matrix product of inner
-size 3 is slow. Against G^T X, an eager fit took 0.96x the time for a paper-sized resnet50
-head, 0.98x for resnet18 and 0.94x for the shipped model's (medians of 10 alternating rounds
-of two warm processes here; faster in 8, 6 and 6 of them). `model.tto_step.predict` takes this path for
-per-person copies whenever the tape covers all of them.
+weight gradient written out per application. `model.tto_step.predict` takes this path for
+per-person copies whenever the tape covers all of them. One person's shared weights (one row
+a call) get the same: three rank-one terms accumulated in place, where a matrix product of
+inner size 3 is slow. Against G^T X, an eager fit took 0.96x the time for a paper-sized
+resnet50 head, 0.98x for resnet18 and 0.94x for the shipped model's (medians of 10
+alternating rounds of two warm processes here; faster in 8, 6 and 6 of them).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class LinearTape:
                     acc.addcmul_(g_i.unsqueeze(2), x_i.unsqueeze(1))
                 grads[weight] = grad
                 if bias is not None:
-                    grads[bias] = torch.stack(gs).sum(0) if per_person else torch.cat(gs).sum(0)
+                    grads[bias] = torch.stack(gs).sum(0).view_as(self.params[bias])
                 continue
             g = torch.cat(gs) if len(gs) > 1 else gs[0]
             x = torch.cat(xs) if len(xs) > 1 else xs[0]
